@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# One entry point for a fresh machine: creates (or reuses) the project's virtual environment in
+# .venv, installs the package with the pinned constraints, then runs what was asked.
+#
+#   ./dev.sh demo     curate the embedded synthetic sample into ALPs and print a summary table
+#   ./dev.sh test     run the whole test suite (slow tests included), then ruff
+#   ./dev.sh env      only create / refresh the environment
+#
+# Environment variables:
+#   ALP_PYTHON        interpreter used to create .venv (default: python3)
+#   ALP_VENV          where the environment lives (default: .venv beside this script)
+#   ALP_CONSTRAINTS   constraints file (default: constraints.txt; see README for GPU machines)
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$root"
+venv="${ALP_VENV:-$root/.venv}"
+constraints="${ALP_CONSTRAINTS:-$root/constraints.txt}"
+python="${ALP_PYTHON:-python3}"
+
+ensure_env() {
+    # The stamp records what the environment was built from; any change to the dependency
+    # files rebuilds it, so a stale environment never hides a missing install step.
+    local want have=""
+    want="$(cat pyproject.toml "$constraints" | sha256sum | cut -d' ' -f1)"
+    [ -f "$venv/.alp-stamp" ] && have="$(cat "$venv/.alp-stamp")"
+    if [ "$want" != "$have" ] || [ ! -x "$venv/bin/python" ]; then
+        echo "[dev.sh] setting up $venv (first run takes a few minutes)" >&2
+        [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+        "$venv/bin/python" -m pip install --quiet --upgrade "pip>=24"
+        "$venv/bin/python" -m pip install --quiet -c "$constraints" -e ".[dev]"
+        echo "$want" > "$venv/.alp-stamp"
+    fi
+}
+
+cmd="${1:-}"
+[ $# -gt 0 ] && shift
+case "$cmd" in
+    env)
+        ensure_env ;;
+    demo)
+        ensure_env
+        exec "$venv/bin/python" -m alp_curation.demo "$@" ;;
+    test)
+        ensure_env
+        # Tests never reach the network: the model hubs are switched to offline mode.
+        export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+        "$venv/bin/python" -m pytest "$@"
+        "$venv/bin/python" -m ruff check . ;;
+    *)
+        sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+        exit 2 ;;
+esac

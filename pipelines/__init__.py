@@ -1,0 +1,1 @@
+"""Apache Beam pipelines around the pure ``alp_curation`` functions."""
