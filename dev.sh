@@ -40,7 +40,8 @@ case "$cmd" in
         ensure_env ;;
     demo)
         ensure_env
-        exec "$venv/bin/python" -m alp_curation.demo "$@" ;;
+        exec "$venv/bin/python" -m alp_curation samples/synthetic/narratives.jsonl \
+            --ground-truth samples/synthetic/ground_truth.jsonl "$@" ;;
     test)
         ensure_env
         # Tests never reach the network: the model hubs are switched to offline mode.
