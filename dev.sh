@@ -4,12 +4,13 @@
 #
 #   ./dev.sh demo     curate the embedded synthetic sample into ALPs and print a summary table
 #   ./dev.sh test     run the whole test suite (slow tests included), then ruff
+#                     (extra arguments go to pytest, e.g. ./dev.sh test -x tests/alp_curation)
 #   ./dev.sh env      only create / refresh the environment
 #
 # Environment variables:
 #   ALP_PYTHON        interpreter used to create .venv (default: python3)
 #   ALP_VENV          where the environment lives (default: .venv beside this script)
-#   ALP_CONSTRAINTS   constraints file (default: constraints.txt; see README for GPU machines)
+#   ALP_CONSTRAINTS   constraints file (default: constraints.txt; see docs/install.md)
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -46,9 +47,9 @@ case "$cmd" in
         ensure_env
         # Tests never reach the network: the model hubs are switched to offline mode.
         export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-        "$venv/bin/python" -m pytest "$@"
+        "$venv/bin/python" -m pytest --run-slow "$@"
         "$venv/bin/python" -m ruff check . ;;
     *)
-        sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+        awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
         exit 2 ;;
 esac

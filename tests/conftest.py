@@ -16,6 +16,24 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 _real_connect = socket.socket.connect
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--run-slow",
+        action="store_true",
+        help="also run the tests marked slow (./dev.sh test and CI do)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Plain `pytest` stays fast for the edit-test loop; the full suite is `pytest --run-slow`.
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --run-slow (./dev.sh test does)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 def _is_local(address: object) -> bool:
     if isinstance(address, (str, bytes)):  # AF_UNIX path
         return True
