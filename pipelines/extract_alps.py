@@ -1,0 +1,382 @@
+"""Curate Localized Narratives into ALPs with Apache Beam: Parquet tables, WebDataset shards.
+
+    beam run pipelines/extract_alps.py --input 'narratives/*.jsonl.gz' --output out/
+    python -m pipelines.extract_alps --input gs://bucket/locnar/*.jsonl --output gs://bucket/alps \\
+        --runner DataflowRunner --project P --region R --temp_location gs://bucket/tmp
+
+Stages (each a labelled composite transform around ``alp_curation`` functions)::
+
+    ReadLocNar        files (globs; .gz by extension) -> lines, bounded memory per line
+    ParseRecords      parse_record                    -> records | dead letters
+    CurateRecords     Tagger.tag in batches, curate_record -> ALP rows, narratives | dead letters
+    EmbedPhrases      count per phrase, embed each unique phrase once (prompt ensemble, cache)
+    BuildSamples      join ALPs with their phrase embeddings, group by image
+    Write*            alps/, phrases/, shards/, dead_letters/ (deterministic, atomic files)
+    WriteManifest     manifest.json, last: counts per stage that add up, files, options
+
+Every non-blank input line ends up in exactly one of: a record with ALPs, a record without ALP
+(counted by reason), a dead letter (reason code, message, raw line). The output layout and every
+field are documented in docs/data_format.md; the schemas live in alp_dataset/schema.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from importlib import metadata
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
+from apache_beam.runners.runner import PipelineState
+
+from alp_curation.curate import DEFAULT_TEMPORAL_PADDING
+from alp_curation.embedding_cache import EmbeddingCache, EmbeddingCacheError
+from alp_curation.encoders import EncoderUnavailable
+from alp_curation.tagging import DEFAULT_MODEL, ModelUnavailable
+from alp_dataset.schema import MANIFEST_NAME
+from pipelines import manifest as m
+from pipelines import writers
+from pipelines.io import (
+    BeamStorage,
+    NoInputFiles,
+    OutputExists,
+    join,
+    match_inputs,
+    prepare_output,
+    read_bytes,
+)
+from pipelines.samples import NARRATIVES, BuildSamples
+from pipelines.transforms import (
+    DEAD_LETTERS,
+    CurateRecords,
+    EmbedPhrases,
+    ParseRecords,
+    ReadLocNar,
+    shared_encoder,
+    shared_tagger,
+)
+
+PROG = "beam run pipelines/extract_alps.py"
+DEFAULT_RUNNER = "FnApiRunner"
+DEFAULT_TEXT_ENCODER = "open_clip:ViT-B-32:openai"
+MIB = 2**20
+
+DESCRIPTION = """\
+Curate Localized Narratives (JSONL) into approximately localized phrases (ALPs): a Parquet ALP
+table, a Parquet phrase table with text embeddings, WebDataset shards with one sample per image,
+dead letters for bad lines, and a manifest whose counts account for every input line.
+"""
+
+EPILOG = """\
+Beam options: every standard Apache Beam pipeline option is accepted as well, for example
+  --direct_num_workers N --direct_running_mode multi_processing
+                        run locally in N worker processes (in_memory, multi_threading,
+                        multi_processing); the output bytes do not depend on it
+  --project, --region, --temp_location, --setup_file, --sdk_container_image, ...
+                        for --runner DataflowRunner (see docs)
+  --help-beam lists them all. Options that neither this pipeline nor Beam knows are an error.
+
+Output under --output: alps/*.parquet, phrases/*.parquet, shards/shard-NNNNNN.tar,
+dead_letters/*.jsonl and manifest.json (written last; see docs/data_format.md).
+"""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--input",
+        action="append",
+        metavar="PATTERN",
+        help="(required) LocNar JSONL files: a path or glob, local, gs:// or s3://; .gz (and other "
+        "compressions) by extension; repeat the flag for several patterns",
+    )
+    parser.add_argument(
+        "--output", metavar="DIR", help="(required) output directory (local, gs://, s3://)"
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the outputs of an earlier run in --output (only alps/, phrases/, shards/, "
+        "dead_letters/ and manifest.json are removed); without it such a directory is refused",
+    )
+    parser.add_argument(
+        "--runner",
+        default=DEFAULT_RUNNER,
+        help="Beam runner; default: %(default)s, Beam's local Python runner (DirectRunner would "
+        "first try to download the Prism runner); DataflowRunner, FlinkRunner, ... at scale",
+    )
+    parser.add_argument(
+        "--spacy-model",
+        default=DEFAULT_MODEL,
+        help="spaCy model for POS tagging (en_core_web_sm, en_core_web_trf as in the paper, or "
+        "a path); default: %(default)s",
+    )
+    parser.add_argument(
+        "--temporal-padding",
+        type=_non_negative_float,
+        default=DEFAULT_TEMPORAL_PADDING,
+        metavar="SECONDS",
+        help="t_p: seconds added before and after a phrase's utterances when selecting its "
+        "trace points; default: %(default)s",
+    )
+    parser.add_argument(
+        "--text-encoder",
+        default=DEFAULT_TEXT_ENCODER,
+        metavar="SPEC",
+        help="phrase encoder: open_clip:ViT-B-32:openai (the paper's; hub weights), "
+        "open_clip:ViT-B-32-quickgelu:/path/to/checkpoint.bin (local weights), or minilm "
+        "(all-MiniLM-L6-v2, offline); default: %(default)s",
+    )
+    parser.add_argument(
+        "--embedding-cache",
+        metavar="DIR",
+        help="persistent embeddings keyed by (encoder id, phrase): a later run embeds only "
+        "phrases not seen before (local, gs://, s3://); default: no cache",
+    )
+    parser.add_argument(
+        "--embedding-buckets",
+        type=_positive_int,
+        default=64,
+        metavar="N",
+        help="phrases are embedded in N groups by phrase_id %% N (the cache's buckets; must "
+        "match an existing cache); default: %(default)s",
+    )
+    parser.add_argument(
+        "--images",
+        metavar="ROOT",
+        help="add image bytes to the shards: ROOT/<dataset_id>/<image_id>.{jpg,jpeg,png} or "
+        "ROOT/<image_id>.{jpg,jpeg,png}; missing images are counted in the manifest",
+    )
+    parser.add_argument(
+        "--shard-size",
+        type=_positive_int,
+        default=1000,
+        metavar="N",
+        help="about N images per WebDataset shard (ceil(images / N) shards); default: %(default)s",
+    )
+    parser.add_argument(
+        "--alp-rows-per-file",
+        type=_positive_int,
+        default=500_000,
+        metavar="N",
+        help="about N rows per ALP Parquet file; default: %(default)s",
+    )
+    parser.add_argument(
+        "--phrase-rows-per-file",
+        type=_positive_int,
+        default=100_000,
+        metavar="N",
+        help="about N rows per phrase Parquet file; default: %(default)s",
+    )
+    parser.add_argument(
+        "--dead-letter-rows-per-file",
+        type=_positive_int,
+        default=100_000,
+        metavar="N",
+        help="about N dead letters per JSONL file; default: %(default)s",
+    )
+    parser.add_argument(
+        "--max-line-bytes",
+        type=_positive_int,
+        default=16 * MIB,
+        metavar="N",
+        help="longer input lines become 'line_too_long' dead letters without being held in "
+        "memory whole; default: %(default)s (16 MiB)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=256,
+        metavar="N",
+        help="at most N captions per spaCy batch; default: %(default)s",
+    )
+    parser.add_argument(
+        "--embed-batch-size",
+        type=_positive_int,
+        default=1024,
+        metavar="N",
+        help="at most N prompts per text-encoder call; default: %(default)s",
+    )
+    parser.add_argument(
+        "--help-beam", action="store_true", help="list every Beam pipeline option and exit"
+    )
+    return parser
+
+
+def curation_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options that, with the inputs, determine the output (recorded in the manifest)."""
+    names = (
+        "input",
+        "spacy_model",
+        "temporal_padding",
+        "text_encoder",
+        "embedding_cache",
+        "embedding_buckets",
+        "images",
+        "shard_size",
+        "alp_rows_per_file",
+        "phrase_rows_per_file",
+        "dead_letter_rows_per_file",
+        "max_line_bytes",
+        "batch_size",
+        "embed_batch_size",
+    )
+    return {name: getattr(args, name) for name in names}
+
+
+def _print_beam_help(beam_parser: argparse.ArgumentParser) -> None:
+    """Called by Beam with its parser of every pipeline option: print that parser's help."""
+    beam_parser.usage = f"{PROG} [options, see --help] [Beam options]"
+    beam_parser.print_help()
+    raise SystemExit(0)
+
+
+def _unknown_beam_args(beam_args: list[str]) -> list[str]:
+    options = PipelineOptions(beam_args)
+    known = options.get_all_options()
+    every = options.get_all_options(retain_unknown_options=True)
+    return sorted(f"--{name}" for name in every if name not in known)
+
+
+def build_pipeline(
+    p: beam.Pipeline,
+    args: argparse.Namespace,
+    paths: Sequence[str],
+    about: dict[str, Any],
+) -> None:
+    """Add the curation stages to ``p`` (``about``: the manifest's static entries)."""
+    out = args.output
+    encoder = about["encoder"]
+    read = p | "ReadLocNar" >> ReadLocNar(paths, args.max_line_bytes)
+    parsed = read["lines"] | "ParseRecords" >> ParseRecords(args.max_line_bytes)
+    curated = parsed.records | "CurateRecords" >> CurateRecords(
+        args.spacy_model, args.batch_size, args.temporal_padding
+    )
+    phrases = curated.alps | "EmbedPhrases" >> EmbedPhrases(
+        args.text_encoder, args.embedding_cache, args.embedding_buckets, args.embed_batch_size
+    )
+    samples = (curated.alps, phrases.phrases, curated[NARRATIVES]) | "BuildSamples" >> (
+        BuildSamples(encoder["dim"])
+    )
+    dead = (read[DEAD_LETTERS], parsed[DEAD_LETTERS], curated[DEAD_LETTERS]) | (
+        "AllDeadLetters" >> beam.Flatten()
+    )
+    dead_per_file = args.dead_letter_rows_per_file
+    written = [
+        curated.alps | "WriteAlpTable" >> writers.write_alp_table(out, args.alp_rows_per_file),
+        phrases.phrases
+        | "WritePhraseTable"
+        >> writers.write_phrase_table(
+            out, args.phrase_rows_per_file, encoder["dim"], encoder["id"]
+        ),
+        samples | "WriteShards" >> writers.write_shards(out, args.shard_size, args.images),
+        dead | "WriteDeadLetters" >> writers.write_dead_letters(out, dead_per_file),
+    ]
+    files = [w.files for w in written] | "AllFiles" >> beam.Flatten()
+    stats = [
+        read[m.STATS],
+        parsed[m.STATS],
+        curated[m.STATS],
+        phrases[m.STATS],
+        *(w[m.STATS] for w in written),
+    ] | "AllStats" >> beam.Flatten()
+    _ = (files, stats) | "WriteManifest" >> writers.WriteManifest(out, about)
+
+
+def _alp_version() -> str:
+    try:
+        return metadata.version("alp")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> int:
+    """Run the pipeline; returns the exit status (0 when the run completed)."""
+    parser = build_parser()
+    args, beam_args = parser.parse_known_args(argv)
+    if args.help_beam:
+        PipelineOptions([]).get_all_options(add_extra_args_fn=_print_beam_help)  # exits
+    if args.input is None or args.output is None:
+        parser.error("--input and --output are required")
+    unknown = _unknown_beam_args(beam_args)
+    if unknown:
+        print(
+            f"error: unrecognized arguments: {' '.join(unknown)} (neither an option of this "
+            "pipeline, see --help, nor a Beam pipeline option, see --help-beam)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        # Everything that can fail before any work is checked here, in the launcher: input
+        # patterns, the spaCy model, the encoder's weights. The output is cleared last.
+        inputs = match_inputs(args.input)
+        # The same per-process instances the DoFns take, so a local in-process run loads once.
+        tagger = shared_tagger(args.spacy_model, args.batch_size).model
+        encoder = shared_encoder(args.text_encoder).model
+        if args.embedding_cache is not None:  # an existing cache must match encoder and buckets
+            EmbeddingCache(
+                args.embedding_cache,
+                encoder.id,
+                encoder.dim,
+                storage=BeamStorage(),
+                n_buckets=args.embedding_buckets,
+            )
+        prepare_output(args.output, overwrite=args.overwrite)
+    except (
+        NoInputFiles,
+        OutputExists,
+        ModelUnavailable,
+        EncoderUnavailable,
+        EmbeddingCacheError,
+        ValueError,
+    ) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    about = {
+        "options": curation_options(args),
+        "inputs": inputs,
+        "tagger": {"model": args.spacy_model, "resolved": tagger.name},
+        "encoder": {"id": encoder.id, "dim": encoder.dim},
+        "alp_version": _alp_version(),
+    }
+    options = PipelineOptions(beam_args)
+    options.view_as(StandardOptions).runner = args.runner
+    options.view_as(SetupOptions).save_main_session = save_main_session
+    start = time.perf_counter()
+    pipeline = beam.Pipeline(options=options)
+    build_pipeline(pipeline, args, [path for path, _ in inputs], about)
+    state = pipeline.run().wait_until_finish()
+    if state != PipelineState.DONE:
+        print(f"error: the pipeline ended in state {state}", file=sys.stderr)
+        return 1
+    manifest = json.loads(read_bytes(join(args.output, MANIFEST_NAME)))
+    seconds = time.perf_counter() - start
+    print(m.format_summary(manifest, out_dir=args.output, seconds=seconds))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,0 +1,353 @@
+"""Output files that are byte-identical whatever the runner, worker count or bundle order.
+
+Beam's file sinks name shards after the bundles that wrote them, so their bytes change from run
+to run. Here instead every row goes to file ``stable_hash(key) % n_files``, with ``n_files``
+derived from the row count (a side input); each file's rows are grouped, sorted, and written by
+one DoFn through FileSystems (gs:// works) under a temporary name, then renamed. Every file index
+gets an element, so a file is written even when the hash leaves it no row (an empty table), and
+the set of file names depends on the counts alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam import pvalue
+from apache_beam.io.filesystems import FileSystems
+
+from alp_dataset.schema import (
+    ALP_SCHEMA,
+    ALPS_DIR,
+    DEAD_LETTERS_DIR,
+    IMAGE_EXTENSIONS,
+    MANIFEST_NAME,
+    PHRASES_DIR,
+    SAMPLE_EMBEDDINGS,
+    SAMPLE_JSON,
+    SHARDS_DIR,
+    n_parts,
+    part_name,
+    phrase_schema,
+    shard_name,
+)
+from pipelines import manifest as m
+from pipelines.elements import AlpRow, DeadLetter, PhraseRow, Sample
+from pipelines.io import join, remove_temp_files, write_atomic, write_bytes_atomic
+
+ALP_ROW_GROUP_ROWS = 65_536
+PHRASE_ROW_GROUP_ROWS = 8_192  # rows carry a (D,) embedding: ~16 MiB per group at D = 512
+PARQUET_OPTIONS: Mapping[str, Any] = {
+    "compression": "zstd",
+    "compression_level": 3,
+    "use_dictionary": True,
+    "write_statistics": True,
+}
+
+PartKey = tuple[int, int]  # (file index, number of files)
+
+
+def stable_hash(text: str) -> int:
+    """A non-negative 64-bit hash that is the same in every process (unlike ``hash``)."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def alp_part(row: AlpRow) -> int:
+    return stable_hash(row.image_key)  # an image's ALPs share a file
+
+
+def phrase_part(row: PhraseRow) -> int:
+    return row.phrase_id
+
+
+def dead_letter_part(letter: DeadLetter) -> int:
+    return stable_hash(f"{letter.source}\n{letter.number}")
+
+
+def sample_part(sample: Sample) -> int:
+    return stable_hash(sample.key)
+
+
+def _assign_part(row: Any, part_of: Callable[[Any], int], per_part: int, n_rows: int) -> Any:
+    n = n_parts(n_rows, per_part)
+    return (part_of(row) % n, n), row
+
+
+def _every_part(n_rows: int, per_part: int) -> list[tuple[PartKey, None]]:
+    n = n_parts(n_rows, per_part)
+    return [((i, n), None) for i in range(n)]
+
+
+class GroupIntoParts(beam.PTransform):
+    """rows -> ((file index, n files), rows of that file, with None fillers), for every index."""
+
+    def __init__(self, rows_per_part: int, part_of: Callable[[Any], int]) -> None:
+        super().__init__()
+        if rows_per_part < 1:
+            raise ValueError(f"rows_per_part = {rows_per_part}, expected >= 1")
+        self.rows_per_part = rows_per_part
+        self.part_of = part_of
+
+    def expand(self, rows: pvalue.PCollection) -> pvalue.PCollection:
+        n_rows = rows | "CountRows" >> beam.combiners.Count.Globally()
+        keyed = rows | "AssignPart" >> beam.Map(
+            _assign_part, self.part_of, self.rows_per_part, pvalue.AsSingleton(n_rows)
+        )
+        every = n_rows | "EveryPart" >> beam.FlatMap(_every_part, self.rows_per_part)
+        return (keyed, every) | "WithEmptyParts" >> beam.Flatten() | beam.GroupByKey()
+
+
+def _rows(rows: Iterable[Any], sort_key: Callable[[Any], Any]) -> list[Any]:
+    return sorted((r for r in rows if r is not None), key=sort_key)
+
+
+def alp_table(rows: Sequence[AlpRow]) -> pa.Table:
+    """The ALP table of ``rows``, in ALP_SCHEMA."""
+    columns: list[pa.Array] = []
+    for field in ALP_SCHEMA:
+        if field.name == "box_xyxy_norm":
+            boxes = np.asarray([r.box_xyxy_norm for r in rows], dtype=np.float32)  # (R, 4)
+            flat = pa.array(boxes.reshape(-1), type=pa.float32())  # (R * 4,)
+            columns.append(pa.FixedSizeListArray.from_arrays(flat, 4))
+        else:
+            columns.append(pa.array([getattr(r, field.name) for r in rows], type=field.type))
+    return pa.Table.from_arrays(columns, schema=ALP_SCHEMA)
+
+
+def phrase_table(rows: Sequence[PhraseRow], *, dim: int, encoder_id: str) -> pa.Table:
+    """The phrase table of ``rows``; raises when two phrases share a phrase_id (a hash clash)."""
+    schema = phrase_schema(dim, encoder_id)
+    ids = [r.phrase_id for r in rows]
+    if len(set(ids)) != len(ids):
+        seen: dict[int, str] = {}
+        for r in rows:
+            if r.phrase_id in seen:
+                raise RuntimeError(
+                    f"phrases {seen[r.phrase_id]!r} and {r.phrase!r} share phrase_id {r.phrase_id}"
+                )
+            seen[r.phrase_id] = r.phrase
+    embeddings = np.zeros((len(rows), dim), dtype=np.float32)  # (R, D)
+    for i, r in enumerate(rows):
+        embeddings[i] = r.embedding
+    flat = pa.array(embeddings.reshape(-1), type=pa.float32())  # (R * D,)
+    columns = [
+        pa.array(ids, type=pa.int64()),
+        pa.array([r.phrase for r in rows], type=pa.string()),
+        pa.array([r.n_alps for r in rows], type=pa.int64()),
+        pa.FixedSizeListArray.from_arrays(flat, dim),
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+class WriteParquetPartFn(beam.DoFn):
+    """((index, n), rows) -> writes <subdir>/part-index-of-n.parquet; yields (kind, path, rows)."""
+
+    def __init__(
+        self,
+        out_dir: str,
+        subdir: str,
+        to_table: Callable[[Sequence[Any]], pa.Table],
+        sort_key: Callable[[Any], Any],
+        row_group_rows: int,
+    ) -> None:
+        self.out_dir = out_dir
+        self.subdir = subdir
+        self.to_table = to_table
+        self.sort_key = sort_key
+        self.row_group_rows = row_group_rows
+
+    def process(self, element: tuple[PartKey, Iterable[Any]]) -> Iterator[tuple[str, str, int]]:
+        (index, n), rows = element
+        table = self.to_table(_rows(rows, self.sort_key))
+        name = part_name(index, n, "parquet")
+
+        def write(f: Any) -> None:
+            pq.write_table(table, f, row_group_size=self.row_group_rows, **PARQUET_OPTIONS)
+
+        write_atomic(join(self.out_dir, self.subdir, name), write)
+        yield self.subdir, f"{self.subdir}/{name}", table.num_rows
+
+
+def _dead_letter_order(letter: DeadLetter) -> tuple[str, int, str]:
+    return letter.source, letter.number, letter.reason
+
+
+class WriteDeadLetterPartFn(beam.DoFn):
+    """((index, n), dead letters) -> writes dead_letters/part-index-of-n.jsonl."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
+
+    def process(self, element: tuple[PartKey, Iterable[Any]]) -> Iterator[tuple[str, str, int]]:
+        (index, n), letters = element
+        rows = _rows(letters, _dead_letter_order)
+        text = "".join(
+            json.dumps(r.to_json(), sort_keys=True, ensure_ascii=False) + "\n" for r in rows
+        )
+        name = part_name(index, n, "jsonl")
+        write_bytes_atomic(join(self.out_dir, DEAD_LETTERS_DIR, name), text.encode("utf-8"))
+        yield DEAD_LETTERS_DIR, f"{DEAD_LETTERS_DIR}/{name}", len(rows)
+
+
+def _safe_path_part(name: str) -> bool:
+    return bool(name) and not name.startswith(".") and "/" not in name and "\\" not in name
+
+
+def find_image(root: str, dataset_id: str, image_id: str) -> tuple[str, str] | None:
+    """(path, extension) of ROOT/<dataset_id>/<image_id>.<ext> or ROOT/<image_id>.<ext>."""
+    if not _safe_path_part(image_id):
+        return None  # an id like "../x" must not read files outside the root
+    folders = [join(root, dataset_id)] if _safe_path_part(dataset_id) else []
+    for folder in [*folders, root]:
+        for ext in IMAGE_EXTENSIONS:
+            path = join(folder, f"{image_id}.{ext}")
+            if FileSystems.exists(path):
+                return path, ext
+    return None
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0  # fixed owner, mode and time: the bytes depend on the content alone
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _sample_order(sample: Sample) -> str:
+    return sample.key
+
+
+class WriteShardFn(beam.DoFn):
+    """((index, n), samples) -> writes shards/shard-index.tar; yields ("shards", path, samples)."""
+
+    def __init__(self, out_dir: str, images_root: str | None) -> None:
+        self.out_dir = out_dir
+        self.images_root = images_root
+
+    def process(self, element: tuple[PartKey, Iterable[Any]]) -> Iterator[Any]:
+        (index, _), samples = element
+        rows = _rows(samples, _sample_order)
+        found = 0
+
+        def write(f: Any) -> None:
+            nonlocal found
+            with tarfile.open(fileobj=f, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+                for s in rows:
+                    _add_member(tar, f"{s.key}.{SAMPLE_JSON}", s.alps_json)
+                    _add_member(tar, f"{s.key}.{SAMPLE_EMBEDDINGS}", s.embeddings_npy)
+                    if self.images_root is None:
+                        continue
+                    image = find_image(self.images_root, s.dataset_id, s.image_id)
+                    if image is not None:
+                        with FileSystems.open(image[0]) as img:
+                            _add_member(tar, f"{s.key}.{image[1]}", img.read())
+                        found += 1
+
+        name = shard_name(index)
+        write_atomic(join(self.out_dir, SHARDS_DIR, name), write)
+        yield SHARDS_DIR, f"{SHARDS_DIR}/{name}", len(rows)
+        yield m.stat(m.SAMPLES, len(rows))
+        if self.images_root is not None:
+            yield m.stat(m.IMAGES_FOUND, found)
+            yield m.stat(m.IMAGES_MISSING, len(rows) - found)
+
+
+class WriteParts(beam.PTransform):
+    """rows -> files written by ``write_fn`` -> {"files": (kind, path, rows), "stats"}."""
+
+    def __init__(self, rows_per_part: int, part_of: Callable[[Any], int], write_fn: beam.DoFn):
+        super().__init__()
+        self.group = GroupIntoParts(rows_per_part, part_of)
+        self.write_fn = write_fn
+
+    def expand(self, rows: pvalue.PCollection) -> pvalue.DoOutputsTuple:
+        return (
+            rows
+            | "GroupIntoFiles" >> self.group
+            | "WriteFiles" >> beam.ParDo(self.write_fn).with_outputs(m.STATS, main="files")
+        )
+
+
+def write_alp_table(out_dir: str, rows_per_file: int) -> WriteParts:
+    fn = WriteParquetPartFn(out_dir, ALPS_DIR, alp_table, AlpRow.sort_key, ALP_ROW_GROUP_ROWS)
+    return WriteParts(rows_per_file, alp_part, fn)
+
+
+def _phrase_order(row: PhraseRow) -> str:
+    return row.phrase
+
+
+class _PhraseTable:
+    """Picklable ``rows -> phrase_table(rows, dim, encoder_id)``."""
+
+    def __init__(self, dim: int, encoder_id: str) -> None:
+        self.dim = dim
+        self.encoder_id = encoder_id
+
+    def __call__(self, rows: Sequence[PhraseRow]) -> pa.Table:
+        return phrase_table(rows, dim=self.dim, encoder_id=self.encoder_id)
+
+
+def write_phrase_table(out_dir: str, rows_per_file: int, dim: int, encoder_id: str) -> WriteParts:
+    to_table = _PhraseTable(dim, encoder_id)
+    fn = WriteParquetPartFn(out_dir, PHRASES_DIR, to_table, _phrase_order, PHRASE_ROW_GROUP_ROWS)
+    return WriteParts(rows_per_file, phrase_part, fn)
+
+
+def write_dead_letters(out_dir: str, rows_per_file: int) -> WriteParts:
+    return WriteParts(rows_per_file, dead_letter_part, WriteDeadLetterPartFn(out_dir))
+
+
+def write_shards(out_dir: str, shard_size: int, images_root: str | None) -> WriteParts:
+    return WriteParts(shard_size, sample_part, WriteShardFn(out_dir, images_root))
+
+
+class WriteManifestFn(beam.DoFn):
+    """Runs once, after every file is written (its side inputs need them all): the manifest."""
+
+    def __init__(self, out_dir: str, about: Mapping[str, Any]) -> None:
+        self.out_dir = out_dir
+        self.about = dict(about)
+
+    def process(
+        self, _: None, stats: Mapping[str, int], files: list[tuple[str, str, int]]
+    ) -> Iterator[str]:
+        manifest = m.build_manifest(stats, files, **self.about)
+        remove_temp_files(self.out_dir)  # left by failed attempts of retried bundles
+        path = join(self.out_dir, MANIFEST_NAME)
+        write_bytes_atomic(path, m.manifest_bytes(manifest))
+        yield path
+
+
+class WriteManifest(beam.PTransform):
+    """(files, stats) -> manifest.json, written last: its presence marks a complete run."""
+
+    def __init__(self, out_dir: str, about: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.out_dir = out_dir
+        self.about = about
+
+    def expand(self, inputs: tuple[pvalue.PCollection, pvalue.PCollection]) -> pvalue.PCollection:
+        files, stats = inputs
+        totals = stats | "SumStats" >> beam.CombinePerKey(sum)
+        return (
+            files.pipeline
+            | "Once" >> beam.Create([None])
+            | "Write"
+            >> beam.ParDo(
+                WriteManifestFn(self.out_dir, self.about),
+                stats=pvalue.AsDict(totals),
+                files=pvalue.AsList(files),
+            )
+        )
