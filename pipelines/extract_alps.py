@@ -23,14 +23,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
+from apache_beam.options.pipeline_options import (
+    DirectOptions,
+    PipelineOptions,
+    SetupOptions,
+    StandardOptions,
+)
 from apache_beam.runners.runner import PipelineState
 
 from alp_curation.curate import DEFAULT_TEMPORAL_PADDING
@@ -54,6 +61,7 @@ from pipelines.transforms import (
     DEAD_LETTERS,
     CurateRecords,
     EmbedPhrases,
+    EncoderConfig,
     ParseRecords,
     ReadLocNar,
     shared_encoder,
@@ -61,6 +69,8 @@ from pipelines.transforms import (
 )
 
 PROG = "beam run pipelines/extract_alps.py"
+# Runners that execute on this machine, where worker processes share its cores.
+LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "PrismRunner")
 DEFAULT_RUNNER = "FnApiRunner"
 DEFAULT_TEXT_ENCODER = "open_clip:ViT-B-32:openai"
 MIB = 2**20
@@ -151,6 +161,22 @@ def build_parser() -> argparse.ArgumentParser:
         "(all-MiniLM-L6-v2, offline); default: %(default)s",
     )
     parser.add_argument(
+        "--encoder-device",
+        default="cpu",
+        metavar="DEVICE",
+        help="torch device for the text encoder on each worker (cpu, cuda, cuda:1); with "
+        "Dataflow GPUs use cuda; default: %(default)s",
+    )
+    parser.add_argument(
+        "--encoder-threads",
+        type=_positive_int,
+        metavar="N",
+        help="torch threads per worker process for the text encoder; default: the machine's "
+        "cores divided by --direct_num_workers when running locally with multi_processing "
+        "(so worker processes do not fight over cores), else torch's default. On Dataflow, "
+        "which runs one SDK process per vCPU, pass 1",
+    )
+    parser.add_argument(
         "--embedding-cache",
         metavar="DIR",
         help="persistent embeddings keyed by (encoder id, phrase): a later run embeds only "
@@ -221,6 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="at most N prompts per text-encoder call; default: %(default)s",
     )
     parser.add_argument(
+        "--timings-json",
+        metavar="PATH",
+        help="after a local run, write the wall time and the seconds spent in each stage "
+        "(summed over workers) to this JSON file; they are kept out of the manifest, which "
+        "must not change between identical runs",
+    )
+    parser.add_argument(
         "--help-beam", action="store_true", help="list every Beam pipeline option and exit"
     )
     return parser
@@ -261,11 +294,22 @@ def _unknown_beam_args(beam_args: list[str]) -> list[str]:
     return sorted(f"--{name}" for name in every if name not in known)
 
 
+def _encoder_threads(args: argparse.Namespace, options: PipelineOptions) -> int | None:
+    """Torch threads per worker: local worker processes share the machine's cores."""
+    if args.encoder_threads is not None:
+        return args.encoder_threads
+    direct = options.view_as(DirectOptions)
+    if args.runner in LOCAL_RUNNERS and direct.direct_running_mode == "multi_processing":
+        return max(1, (os.cpu_count() or 1) // max(1, direct.direct_num_workers))
+    return None
+
+
 def build_pipeline(
     p: beam.Pipeline,
     args: argparse.Namespace,
     paths: Sequence[str],
     about: dict[str, Any],
+    encoder_config: EncoderConfig,
 ) -> None:
     """Add the curation stages to ``p`` (``about``: the manifest's static entries)."""
     out = args.output
@@ -276,7 +320,7 @@ def build_pipeline(
         args.spacy_model, args.batch_size, args.temporal_padding
     )
     phrases = curated.alps | "EmbedPhrases" >> EmbedPhrases(
-        args.text_encoder, args.embedding_cache, args.embedding_buckets, args.embed_batch_size
+        encoder_config, args.embedding_cache, args.embedding_buckets, args.embed_batch_size
     )
     samples = (curated.alps, phrases.phrases, curated[NARRATIVES]) | "BuildSamples" >> (
         BuildSamples(encoder["dim"])
@@ -329,13 +373,17 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> i
             file=sys.stderr,
         )
         return 2
+    options = PipelineOptions(beam_args)
+    encoder_config = EncoderConfig(
+        args.text_encoder, args.encoder_device, _encoder_threads(args, options)
+    )
     try:
         # Everything that can fail before any work is checked here, in the launcher: input
         # patterns, the spaCy model, the encoder's weights. The output is cleared last.
         inputs = match_inputs(args.input)
         # The same per-process instances the DoFns take, so a local in-process run loads once.
         tagger = shared_tagger(args.spacy_model, args.batch_size).model
-        encoder = shared_encoder(args.text_encoder).model
+        encoder = shared_encoder(encoder_config).model
         if args.embedding_cache is not None:  # an existing cache must match encoder and buckets
             EmbeddingCache(
                 args.embedding_cache,
@@ -362,19 +410,23 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> i
         "encoder": {"id": encoder.id, "dim": encoder.dim},
         "alp_version": _alp_version(),
     }
-    options = PipelineOptions(beam_args)
     options.view_as(StandardOptions).runner = args.runner
     options.view_as(SetupOptions).save_main_session = save_main_session
     start = time.perf_counter()
     pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, args, [path for path, _ in inputs], about)
-    state = pipeline.run().wait_until_finish()
+    build_pipeline(pipeline, args, [path for path, _ in inputs], about, encoder_config)
+    result = pipeline.run()
+    state = result.wait_until_finish()
     if state != PipelineState.DONE:
         print(f"error: the pipeline ended in state {state}", file=sys.stderr)
         return 1
     manifest = json.loads(read_bytes(join(args.output, MANIFEST_NAME)))
     seconds = time.perf_counter() - start
-    print(m.format_summary(manifest, out_dir=args.output, seconds=seconds))
+    stages = m.stage_seconds(result.metrics())
+    print(m.format_summary(manifest, out_dir=args.output, seconds=seconds, stages=stages))
+    if args.timings_json:
+        timings = {"wall_seconds": seconds, "stage_seconds": stages}
+        Path(args.timings_json).write_text(json.dumps(timings, indent=2, sort_keys=True) + "\n")
     return 0
 
 

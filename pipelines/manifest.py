@@ -7,12 +7,15 @@ the pipeline sums into the manifest. So the counters and the manifest never disa
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricResults, MetricsFilter
 
 from alp_curation.curate import NO_ALP_REASONS
 from alp_curation.locnar import REASONS
@@ -37,6 +40,36 @@ IMAGES_FOUND = "image_files_found"
 IMAGES_MISSING = "image_files_missing"
 
 DEAD_LETTER_REASONS = (*sorted(REASONS), *PIPELINE_REASONS)
+
+# Time spent inside each stage's own work (not in the stages its outputs feed), summed over all
+# workers, as Beam counters in microseconds. Timings are never written to the manifest: it must
+# stay byte-identical between runs.
+STAGE_TIME = "stage_microseconds."  # + stage
+STAGES = ("parse", "tag", "extract", "embed", "write")
+
+
+@contextlib.contextmanager
+def timed(stage: str) -> Iterator[None]:
+    """Add the time the block takes to the stage's counter."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        elapsed_us = int((time.perf_counter() - start) * 1e6)
+        Metrics.counter(METRICS_NAMESPACE, STAGE_TIME + stage).inc(elapsed_us)
+
+
+def stage_seconds(metrics: MetricResults) -> dict[str, float]:
+    """Seconds per stage from a finished pipeline's metrics (committed ones where available)."""
+    found: dict[str, float] = {}
+    query = metrics.query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
+    for result in query["counters"]:
+        name = result.key.metric.name
+        if name.startswith(STAGE_TIME):
+            value = result.committed if result.committed is not None else result.attempted
+            stage = name[len(STAGE_TIME) :]
+            found[stage] = found.get(stage, 0.0) + value / 1e6
+    return {stage: found.get(stage, 0.0) for stage in (*STAGES, *sorted(set(found) - set(STAGES)))}
 
 
 def stat(name: str, n: int = 1) -> pvalue.TaggedOutput:
@@ -126,8 +159,14 @@ def _reasons(by_reason: Mapping[str, int]) -> str:
     return ", ".join(f"{k} {v:,}" for k, v in sorted(by_reason.items(), key=lambda kv: -kv[1]) if v)
 
 
-def format_summary(manifest: Mapping[str, Any], *, out_dir: str, seconds: float) -> str:
-    """The table printed at the end of a local run."""
+def format_summary(
+    manifest: Mapping[str, Any],
+    *,
+    out_dir: str,
+    seconds: float,
+    stages: Mapping[str, float] | None = None,
+) -> str:
+    """The table printed at the end of a local run (``stages``: seconds per stage, all workers)."""
     c = manifest["counts"]
     records = c["records"]
     emb = c["embeddings"]
@@ -167,6 +206,9 @@ def format_summary(manifest: Mapping[str, Any], *, out_dir: str, seconds: float)
             )
         )
     rows.append(("wall time", f"{seconds:.1f} s", ""))
+    if stages:
+        rows.append(("time in stages", f"{sum(stages.values()):.1f} s", "summed over workers"))
+        rows += [(f"  {stage}", f"{t:.1f} s", "") for stage, t in stages.items()]
     width = max(len(r[0]) for r in rows)
     value_width = max(len(r[1]) for r in rows)
     body = [f"{n:<{width}}  {v:>{value_width}}  {note}".rstrip() for n, v, note in rows]

@@ -68,9 +68,23 @@ def shared_tagger(model: str, batch_size: int) -> SharedModel:
     )
 
 
-def shared_encoder(spec: str) -> SharedModel:
-    """This process's text encoder for ``spec`` (its weights load on the first encode)."""
-    return _process_shared(("encoder", spec), lambda: load_text_encoder(spec))
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Which text encoder to run, and where: a worker builds its encoder from this."""
+
+    spec: str
+    device: str = "cpu"
+    num_threads: int | None = None  # torch threads per worker process; None = torch's default
+
+
+def shared_encoder(config: EncoderConfig) -> SharedModel:
+    """This process's text encoder for ``config`` (its weights load on the first encode)."""
+    return _process_shared(
+        ("encoder", config),
+        lambda: load_text_encoder(
+            config.spec, device=config.device, num_threads=config.num_threads
+        ),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,7 +167,8 @@ class ParseLineFn(beam.DoFn):
                 raise InvalidRecord(
                     "line_too_long", "", f"is {line.n_bytes} bytes, limit is {self.max_line_bytes}"
                 )
-            record = parse_record(line.data, max_line_bytes=self.max_line_bytes)
+            with m.timed("parse"):
+                record = parse_record(line.data, max_line_bytes=self.max_line_bytes)
         except InvalidRecord as exc:
             yield pvalue.TaggedOutput(
                 DEAD_LETTERS, DeadLetter.of(line, exc.reason, exc.field, str(exc), exc.record_key)
@@ -206,7 +221,7 @@ class CurateBatchFn(beam.DoFn):
 
     def _tag(self, captions: list[str]) -> list[Any]:
         assert self._tagger is not None
-        with self._tagger.lock:
+        with self._tagger.lock, m.timed("tag"):
             try:
                 return self._tagger.model.tag(captions)
             except Exception:
@@ -226,7 +241,8 @@ class CurateBatchFn(beam.DoFn):
             try:
                 if isinstance(tokens, Exception):
                     raise tokens
-                result = curate_record(record, tokens, temporal_padding=self.temporal_padding)
+                with m.timed("extract"):
+                    result = curate_record(record, tokens, temporal_padding=self.temporal_padding)
             except Exception as exc:
                 raw = json.dumps(record_to_json(record), sort_keys=True).encode("utf-8")
                 line = RawLine(item.source, item.number, raw, len(raw))
@@ -293,9 +309,9 @@ class EmbedBucketFn(beam.DoFn):
     """
 
     def __init__(
-        self, encoder_spec: str, cache_root: str | None, n_buckets: int, batch_size: int
+        self, encoder: EncoderConfig, cache_root: str | None, n_buckets: int, batch_size: int
     ) -> None:
-        self.encoder_spec = encoder_spec
+        self.encoder_config = encoder
         self.cache_root = cache_root
         self.n_buckets = n_buckets
         self.batch_size = batch_size
@@ -303,7 +319,7 @@ class EmbedBucketFn(beam.DoFn):
         self._cache: EmbeddingCache | None = None
 
     def setup(self) -> None:
-        self._encoder = shared_encoder(self.encoder_spec)
+        self._encoder = shared_encoder(self.encoder_config)
         if self.cache_root is not None:
             encoder = self._encoder.model
             self._cache = EmbeddingCache(
@@ -322,7 +338,7 @@ class EmbedBucketFn(beam.DoFn):
         # numpy's unicode arrays drop trailing NULs, so the cache refuses such phrases.
         cached = [p for p in phrases if "\x00" not in p]
         uncached = [p for p in phrases if "\x00" in p]
-        with self._encoder.lock:
+        with self._encoder.lock, m.timed("embed"):
             emb, reused = embed_with_cache(
                 self._cache, self._encoder.model, cached, batch_size=self.batch_size
             )  # (U, D)
@@ -340,10 +356,10 @@ class EmbedPhrases(beam.PTransform):
     """AlpRow -> {"phrases": PhraseRow, one per unique phrase, "stats"}."""
 
     def __init__(
-        self, encoder_spec: str, cache_root: str | None, n_buckets: int, batch_size: int
+        self, encoder: EncoderConfig, cache_root: str | None, n_buckets: int, batch_size: int
     ) -> None:
         super().__init__()
-        self.embed = EmbedBucketFn(encoder_spec, cache_root, n_buckets, batch_size)
+        self.embed = EmbedBucketFn(encoder, cache_root, n_buckets, batch_size)
         self.n_buckets = n_buckets
 
     def expand(self, alps: pvalue.PCollection) -> pvalue.DoOutputsTuple:

@@ -166,13 +166,14 @@ class WriteParquetPartFn(beam.DoFn):
 
     def process(self, element: tuple[PartKey, Iterable[Any]]) -> Iterator[tuple[str, str, int]]:
         (index, n), rows = element
-        table = self.to_table(_rows(rows, self.sort_key))
         name = part_name(index, n, "parquet")
+        with m.timed("write"):
+            table = self.to_table(_rows(rows, self.sort_key))
 
-        def write(f: Any) -> None:
-            pq.write_table(table, f, row_group_size=self.row_group_rows, **PARQUET_OPTIONS)
+            def write(f: Any) -> None:
+                pq.write_table(table, f, row_group_size=self.row_group_rows, **PARQUET_OPTIONS)
 
-        write_atomic(join(self.out_dir, self.subdir, name), write)
+            write_atomic(join(self.out_dir, self.subdir, name), write)
         yield self.subdir, f"{self.subdir}/{name}", table.num_rows
 
 
@@ -188,12 +189,13 @@ class WriteDeadLetterPartFn(beam.DoFn):
 
     def process(self, element: tuple[PartKey, Iterable[Any]]) -> Iterator[tuple[str, str, int]]:
         (index, n), letters = element
-        rows = _rows(letters, _dead_letter_order)
-        text = "".join(
-            json.dumps(r.to_json(), sort_keys=True, ensure_ascii=False) + "\n" for r in rows
-        )
         name = part_name(index, n, "jsonl")
-        write_bytes_atomic(join(self.out_dir, DEAD_LETTERS_DIR, name), text.encode("utf-8"))
+        with m.timed("write"):
+            rows = _rows(letters, _dead_letter_order)
+            text = "".join(
+                json.dumps(r.to_json(), sort_keys=True, ensure_ascii=False) + "\n" for r in rows
+            )
+            write_bytes_atomic(join(self.out_dir, DEAD_LETTERS_DIR, name), text.encode("utf-8"))
         yield DEAD_LETTERS_DIR, f"{DEAD_LETTERS_DIR}/{name}", len(rows)
 
 
@@ -255,7 +257,8 @@ class WriteShardFn(beam.DoFn):
                         found += 1
 
         name = shard_name(index)
-        write_atomic(join(self.out_dir, SHARDS_DIR, name), write)
+        with m.timed("write"):
+            write_atomic(join(self.out_dir, SHARDS_DIR, name), write)
         yield SHARDS_DIR, f"{SHARDS_DIR}/{name}", len(rows)
         yield m.stat(m.SAMPLES, len(rows))
         if self.images_root is not None:

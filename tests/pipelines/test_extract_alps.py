@@ -154,11 +154,14 @@ def test_parse_records_splits_records_from_dead_letters(locnar_inputs: LocNarInp
     # Every outcome is also a Beam counter, for progress in any runner's UI.
     counters = result.metrics().query(MetricsFilter().with_namespace(m.METRICS_NAMESPACE))
     found = {c.key.metric.name: c.committed for c in counters["counters"]}
+    timings = {k: found.pop(k) for k in list(found) if k.startswith(m.STAGE_TIME)}
     assert found == {
         "dead_letters.json_decode": 1,
         "dead_letters.not_an_object": 1,
         "dead_letters.line_too_long": 1,
     }
+    # The one record that parsed was timed (microseconds, so possibly 0 on a fast machine).
+    assert set(timings) == {m.STAGE_TIME + "parse"}
 
 
 def test_curate_records_gives_alps_narratives_and_counts(locnar_inputs: LocNarInputs) -> None:
