@@ -2,7 +2,8 @@
 # One entry point for a fresh machine: creates (or reuses) the project's virtual environment in
 # .venv, installs the package with the pinned constraints, then runs what was asked.
 #
-#   ./dev.sh demo     curate the embedded synthetic sample into ALPs and print a summary table
+#   ./dev.sh demo     run the curation pipeline on the embedded sample (out/sample), print a summary
+#                     (extra arguments go to the pipeline, see --help)
 #   ./dev.sh test     run the whole test suite (slow tests included), then ruff
 #                     (extra arguments go to pytest, e.g. ./dev.sh test -x tests/alp_curation)
 #   ./dev.sh env      only create / refresh the environment
@@ -41,8 +42,11 @@ case "$cmd" in
         ensure_env ;;
     demo)
         ensure_env
-        exec "$venv/bin/python" -m alp_curation samples/synthetic/narratives.jsonl \
-            --ground-truth samples/synthetic/ground_truth.jsonl "$@" ;;
+        # The main job on the embedded sample, offline: the MiniLM encoder ships as a package.
+        # The embedding cache makes a second demo run skip the embedding.
+        exec "$venv/bin/beam" run pipelines/extract_alps.py \
+            --input samples/synthetic/narratives.jsonl --output out/sample --overwrite \
+            --text-encoder minilm --embedding-cache out/embedding-cache "$@" ;;
     test)
         ensure_env
         # Tests never reach the network: the model hubs are switched to offline mode.

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
+from alp_curation.phrases import phrase_id
 from alp_curation.prompts import ensemble_embeddings
 
 if TYPE_CHECKING:
@@ -150,15 +151,6 @@ class LocalStorage:
 
     def __repr__(self) -> str:
         return "LocalStorage()"
-
-
-def phrase_id(text: str) -> int:
-    """Stable signed int64 id of a phrase: blake2b-64 of its UTF-8 bytes, little-endian.
-
-    The same id as ``alp_dataset.schema.phrase_id`` (the spec's definition); it picks the bucket.
-    """
-    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "little", signed=True)
 
 
 def encoder_slug(encoder_id: str) -> str:

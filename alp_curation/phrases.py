@@ -39,6 +39,7 @@ Normalised phrase text is the words lower-cased and joined by single spaces ("re
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -339,3 +340,13 @@ def extract_phrases(
         else:
             rejected.append(RejectedPhrase(text, run[0].start_char, run[-1].end_char, reason))
     return PhraseExtraction(phrases=tuple(kept), rejected=tuple(rejected))
+
+
+def phrase_id(text: str) -> int:
+    """Stable id of a normalised phrase: the first 8 bytes of its BLAKE2b hash as a signed int64.
+
+    A hash, not a counter, so the same phrase has the same id in every run and every shard of the
+    data, and the embedding cache can bucket phrases by ``phrase_id % n_buckets``.
+    """
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)

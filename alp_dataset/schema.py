@@ -20,12 +20,13 @@ Embeddings and boxes are Arrow fixed-size lists of float32, which polars reads a
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Mapping
 from typing import Any
 
 import pyarrow as pa
+
+from alp_curation.phrases import phrase_id  # the id the tables and the cache share
 
 __all__ = [
     "ALPS_DIR",
@@ -69,16 +70,6 @@ META_SCHEMA_VERSION = b"alp.schema_version"
 META_TABLE = b"alp.table"
 META_ENCODER_ID = b"alp.encoder_id"
 META_EMBEDDING_DIM = b"alp.embedding_dim"
-
-
-def phrase_id(text: str) -> int:
-    """Stable id of a normalised phrase: the first 8 bytes of its BLAKE2b hash as a signed int64.
-
-    A hash, not a counter, so the same phrase has the same id in every run and every shard of the
-    data, and the embedding cache can bucket phrases by ``phrase_id % n_buckets``.
-    """
-    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "little", signed=True)
 
 
 def image_key(dataset_id: str, image_id: str) -> str:

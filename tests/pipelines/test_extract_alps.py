@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -398,6 +399,7 @@ def main_run(
     status, stdout, stderr = extract(
         "--input", locnar_inputs.pattern, "--output", str(out),
         "--images", str(locnar_inputs.images), "--shard-size", "4", "--alp-rows-per-file", "8",
+        "--timings-json", str(out.parent / "timings.json"),
     )  # fmt: skip
     assert status == 0, stderr
     return out, stdout
@@ -438,6 +440,22 @@ def test_the_manifest_accounts_for_every_line(
     assert set(tree_bytes(out)) == listed | {MANIFEST_NAME}
     assert len(manifest["files"]["alps"]) == -(-c["alps"] // 8) > 1
     assert "dead letters" in stdout and f"{c['alps']:,}" in stdout
+
+
+@pytest.mark.slow
+def test_the_summary_and_timings_json_give_the_time_of_each_stage(
+    main_run: tuple[Path, str],
+) -> None:
+    out, stdout = main_run
+    timings = json.loads((out.parent / "timings.json").read_text())
+    assert timings["wall_seconds"] > 0
+    assert set(timings["stage_seconds"]) == set(m.STAGES)
+    # Tagging and embedding real text with real models takes measurable time.
+    assert timings["stage_seconds"]["tag"] > 0 and timings["stage_seconds"]["embed"] > 0
+    assert sum(timings["stage_seconds"].values()) < timings["wall_seconds"] * os.cpu_count()
+    lines = stdout.splitlines()
+    for stage in m.STAGES:
+        assert any(line.split()[:1] == [stage] and line.endswith(" s") for line in lines), stage
 
 
 @pytest.mark.slow
