@@ -76,8 +76,8 @@ from pipelines.coco import (
     select_classes,
     split_entries,
 )
-from pipelines.io import join, read_bytes, remove_temp_files, write_atomic, write_bytes_atomic
-from pipelines.writers import GroupIntoParts, _add_member, stable_hash
+from pipelines.io import join, read_bytes, write_atomic, write_bytes_atomic
+from pipelines.writers import GroupIntoParts, WriteManifest, _add_member, stable_hash
 
 PROG = "beam run pipelines/build_coco_shards.py"
 DEFAULT_RUNNER = "FnApiRunner"
@@ -460,23 +460,6 @@ def build_manifest(
     return manifest
 
 
-class WriteManifestFn(beam.DoFn):
-    """Runs once, after every file is written (its side inputs need them all)."""
-
-    def __init__(self, out_dir: str, about: Mapping[str, Any]) -> None:
-        self.out_dir = out_dir
-        self.about = dict(about)
-
-    def process(
-        self, _: None, stats: Mapping[str, int], files: list[tuple[str, str, int]]
-    ) -> Iterator[str]:
-        manifest = build_manifest(stats, files, self.about)
-        remove_temp_files(self.out_dir)  # left by failed attempts of retried bundles
-        path = join(self.out_dir, MANIFEST_NAME)
-        write_bytes_atomic(path, m.manifest_bytes(manifest))
-        yield path
-
-
 def build_pipeline(
     p: beam.Pipeline,
     args: argparse.Namespace,
@@ -505,17 +488,7 @@ def build_pipeline(
     )
     files = (shards.files, dead_files) | "AllFiles" >> beam.Flatten()
     stats = (read[m.STATS], built[m.STATS], shards[m.STATS]) | "AllStats" >> beam.Flatten()
-    totals = stats | "SumStats" >> beam.CombinePerKey(sum)
-    _ = (
-        p
-        | "Once" >> beam.Create([None])
-        | "WriteManifest"
-        >> beam.ParDo(
-            WriteManifestFn(out, about),
-            stats=pvalue.AsDict(totals),
-            files=pvalue.AsList(files),
-        )
-    )
+    _ = (files, stats) | "WriteManifest" >> WriteManifest(out, about, build_manifest)
 
 
 # ---------------------------------------------------------------------------------------------

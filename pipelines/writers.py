@@ -316,17 +316,32 @@ def write_shards(out_dir: str, shard_size: int, images_root: str | None) -> Writ
     return WriteParts(shard_size, sample_part, WriteShardFn(out_dir, images_root))
 
 
-class WriteManifestFn(beam.DoFn):
-    """Runs once, after every file is written (its side inputs need them all): the manifest."""
+def build_alp_manifest(
+    stats: Mapping[str, int], files: list[tuple[str, str, int]], about: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The manifest of an ALP extraction run (``about``: its static entries)."""
+    return m.build_manifest(stats, files, **about)
 
-    def __init__(self, out_dir: str, about: Mapping[str, Any]) -> None:
+
+ManifestBuilder = Callable[[Mapping[str, int], list[tuple[str, str, int]], Mapping[str, Any]], Any]
+
+
+class WriteManifestFn(beam.DoFn):
+    """Runs once, after every file is written (its side inputs need them all): the manifest.
+
+    ``build`` (a module-level function, so that it pickles) turns the summed statistics, the files
+    written and the run's static entries into the manifest; each pipeline brings its own.
+    """
+
+    def __init__(self, out_dir: str, about: Mapping[str, Any], build: ManifestBuilder) -> None:
         self.out_dir = out_dir
         self.about = dict(about)
+        self.build = build
 
     def process(
         self, _: None, stats: Mapping[str, int], files: list[tuple[str, str, int]]
     ) -> Iterator[str]:
-        manifest = m.build_manifest(stats, files, **self.about)
+        manifest = self.build(stats, files, self.about)
         remove_temp_files(self.out_dir)  # left by failed attempts of retried bundles
         path = join(self.out_dir, MANIFEST_NAME)
         write_bytes_atomic(path, m.manifest_bytes(manifest))
@@ -336,10 +351,16 @@ class WriteManifestFn(beam.DoFn):
 class WriteManifest(beam.PTransform):
     """(files, stats) -> manifest.json, written last: its presence marks a complete run."""
 
-    def __init__(self, out_dir: str, about: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        out_dir: str,
+        about: Mapping[str, Any],
+        build: ManifestBuilder = build_alp_manifest,
+    ) -> None:
         super().__init__()
         self.out_dir = out_dir
         self.about = about
+        self.build = build
 
     def expand(self, inputs: tuple[pvalue.PCollection, pvalue.PCollection]) -> pvalue.PCollection:
         files, stats = inputs
@@ -349,7 +370,7 @@ class WriteManifest(beam.PTransform):
             | "Once" >> beam.Create([None])
             | "Write"
             >> beam.ParDo(
-                WriteManifestFn(self.out_dir, self.about),
+                WriteManifestFn(self.out_dir, self.about, self.build),
                 stats=pvalue.AsDict(totals),
                 files=pvalue.AsList(files),
             )
