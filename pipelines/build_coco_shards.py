@@ -31,7 +31,6 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any
 
 import apache_beam as beam
@@ -77,10 +76,17 @@ from pipelines.coco import (
     split_entries,
 )
 from pipelines.io import join, read_bytes, write_atomic, write_bytes_atomic
+from pipelines.options import (
+    add_help_beam_flag,
+    add_runner_flag,
+    alp_version,
+    positive_int,
+    print_beam_help,
+    unknown_beam_args,
+)
 from pipelines.writers import GroupIntoParts, WriteManifest, _add_member, stable_hash
 
 PROG = "beam run pipelines/build_coco_shards.py"
-DEFAULT_RUNNER = "FnApiRunner"
 OUTPUTS = (SHARDS_DIR, DEAD_LETTERS_DIR)
 UNCOMPRESSED = CompressionTypes.UNCOMPRESSED
 
@@ -112,13 +118,6 @@ e.g. --direct_num_workers 2 --direct_running_mode multi_processing; DataflowRunn
 Output under --output: shards/shard-NNNNNN.tar, dead_letters/*.jsonl and manifest.json (written
 last; see docs/coco_shards.md).
 """
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -164,14 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--shard-size",
-        type=_positive_int,
+        type=positive_int,
         default=1000,
         metavar="N",
         help="about N images per shard (ceil(samples / N) shards); default: %(default)s",
     )
     parser.add_argument(
         "--dead-letter-rows-per-file",
-        type=_positive_int,
+        type=positive_int,
         default=100_000,
         metavar="N",
         help="about N dead letters per JSONL file; default: %(default)s",
@@ -182,15 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace an earlier run in --output (only shards/, dead_letters/ and manifest.json "
         "are removed); without it such a directory is refused",
     )
-    parser.add_argument(
-        "--runner",
-        default=DEFAULT_RUNNER,
-        help="Beam runner; default: %(default)s (DirectRunner would first try to download the "
-        "Prism runner); DataflowRunner, FlinkRunner, ... at scale",
-    )
-    parser.add_argument(
-        "--help-beam", action="store_true", help="list every Beam pipeline option and exit"
-    )
+    add_runner_flag(parser)
+    add_help_beam_flag(parser)
     return parser
 
 
@@ -526,26 +518,6 @@ def prepare_output(out_dir: str, *, overwrite: bool) -> None:
             FileSystems.delete([join(out_dir, name)])
 
 
-def _alp_version() -> str:
-    try:
-        return metadata.version("alp")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def _print_beam_help(beam_parser: argparse.ArgumentParser) -> None:
-    beam_parser.usage = f"{PROG} [options, see --help] [Beam options]"
-    beam_parser.print_help()
-    raise SystemExit(0)
-
-
-def _unknown_beam_args(beam_args: list[str]) -> list[str]:
-    options = PipelineOptions(beam_args)
-    known = options.get_all_options()
-    every = options.get_all_options(retain_unknown_options=True)
-    return sorted(f"--{name}" for name in every if name not in known)
-
-
 def format_summary(manifest: Mapping[str, Any], *, out_dir: str, seconds: float) -> str:
     c = manifest["counts"]
     images, anns, dead = c["images"], c["annotations"], c["dead_letters"]
@@ -575,10 +547,10 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> i
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
     if args.help_beam:
-        PipelineOptions([]).get_all_options(add_extra_args_fn=_print_beam_help)  # exits
+        print_beam_help(PROG)  # exits
     if args.instances is None or args.images is None or args.output is None:
         parser.error("--instances, --images and --output are required")
-    unknown = _unknown_beam_args(beam_args)
+    unknown = unknown_beam_args(beam_args)
     if unknown:
         print(
             f"error: unrecognized arguments: {' '.join(unknown)} (neither an option of this "
@@ -608,7 +580,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> i
         print(f"error: {exc}", file=sys.stderr)
         return 2
     about = {
-        "alp_version": _alp_version(),
+        "alp_version": alp_version(),
         "options": build_options(args),
         "inputs": [{"path": matched[0].path, "size_bytes": size}],
         "classes": selection.to_json(),

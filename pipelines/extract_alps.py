@@ -27,7 +27,6 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +55,15 @@ from pipelines.io import (
     prepare_output,
     read_bytes,
 )
+from pipelines.options import (
+    add_help_beam_flag,
+    add_runner_flag,
+    alp_version,
+    non_negative_float,
+    positive_int,
+    print_beam_help,
+    unknown_beam_args,
+)
 from pipelines.samples import NARRATIVES, BuildSamples
 from pipelines.transforms import (
     DEAD_LETTERS,
@@ -71,7 +79,6 @@ from pipelines.transforms import (
 PROG = "beam run pipelines/extract_alps.py"
 # Runners that execute on this machine, where worker processes share its cores.
 LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "PrismRunner")
-DEFAULT_RUNNER = "FnApiRunner"
 DEFAULT_TEXT_ENCODER = "open_clip:ViT-B-32:openai"
 MIB = 2**20
 
@@ -93,20 +100,6 @@ Beam options: every standard Apache Beam pipeline option is accepted as well, fo
 Output under --output: alps/*.parquet, phrases/*.parquet, shards/shard-NNNNNN.tar,
 dead_letters/*.jsonl and manifest.json (written last; see docs/data_format.md).
 """
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,12 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace the outputs of an earlier run in --output (only alps/, phrases/, shards/, "
         "dead_letters/ and manifest.json are removed); without it such a directory is refused",
     )
-    parser.add_argument(
-        "--runner",
-        default=DEFAULT_RUNNER,
-        help="Beam runner; default: %(default)s, Beam's local Python runner (DirectRunner would "
-        "first try to download the Prism runner); DataflowRunner, FlinkRunner, ... at scale",
-    )
+    add_runner_flag(parser)
     parser.add_argument(
         "--spacy-model",
         default=DEFAULT_MODEL,
@@ -146,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--temporal-padding",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=DEFAULT_TEMPORAL_PADDING,
         metavar="SECONDS",
         help="t_p: seconds added before and after a phrase's utterances when selecting its "
@@ -169,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--encoder-threads",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="torch threads per worker process for the text encoder; default: the machine's "
         "cores divided by --direct_num_workers when running locally with multi_processing "
@@ -184,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--embedding-buckets",
-        type=_positive_int,
+        type=positive_int,
         default=64,
         metavar="N",
         help="phrases are embedded in N groups by phrase_id %% N (the cache's buckets; must "
@@ -198,35 +186,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--shard-size",
-        type=_positive_int,
+        type=positive_int,
         default=1000,
         metavar="N",
         help="about N images per WebDataset shard (ceil(images / N) shards); default: %(default)s",
     )
     parser.add_argument(
         "--alp-rows-per-file",
-        type=_positive_int,
+        type=positive_int,
         default=500_000,
         metavar="N",
         help="about N rows per ALP Parquet file; default: %(default)s",
     )
     parser.add_argument(
         "--phrase-rows-per-file",
-        type=_positive_int,
+        type=positive_int,
         default=100_000,
         metavar="N",
         help="about N rows per phrase Parquet file; default: %(default)s",
     )
     parser.add_argument(
         "--dead-letter-rows-per-file",
-        type=_positive_int,
+        type=positive_int,
         default=100_000,
         metavar="N",
         help="about N dead letters per JSONL file; default: %(default)s",
     )
     parser.add_argument(
         "--max-line-bytes",
-        type=_positive_int,
+        type=positive_int,
         default=16 * MIB,
         metavar="N",
         help="longer input lines become 'line_too_long' dead letters without being held in "
@@ -234,14 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=positive_int,
         default=256,
         metavar="N",
         help="at most N captions per spaCy batch; default: %(default)s",
     )
     parser.add_argument(
         "--embed-batch-size",
-        type=_positive_int,
+        type=positive_int,
         default=1024,
         metavar="N",
         help="at most N prompts per text-encoder call; default: %(default)s",
@@ -253,9 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(summed over workers) to this JSON file; they are kept out of the manifest, which "
         "must not change between identical runs",
     )
-    parser.add_argument(
-        "--help-beam", action="store_true", help="list every Beam pipeline option and exit"
-    )
+    add_help_beam_flag(parser)
     return parser
 
 
@@ -278,20 +264,6 @@ def curation_options(args: argparse.Namespace) -> dict[str, Any]:
         "embed_batch_size",
     )
     return {name: getattr(args, name) for name in names}
-
-
-def _print_beam_help(beam_parser: argparse.ArgumentParser) -> None:
-    """Called by Beam with its parser of every pipeline option: print that parser's help."""
-    beam_parser.usage = f"{PROG} [options, see --help] [Beam options]"
-    beam_parser.print_help()
-    raise SystemExit(0)
-
-
-def _unknown_beam_args(beam_args: list[str]) -> list[str]:
-    options = PipelineOptions(beam_args)
-    known = options.get_all_options()
-    every = options.get_all_options(retain_unknown_options=True)
-    return sorted(f"--{name}" for name in every if name not in known)
 
 
 def _encoder_threads(args: argparse.Namespace, options: PipelineOptions) -> int | None:
@@ -350,22 +322,15 @@ def build_pipeline(
     _ = (files, stats) | "WriteManifest" >> writers.WriteManifest(out, about)
 
 
-def _alp_version() -> str:
-    try:
-        return metadata.version("alp")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> int:
     """Run the pipeline; returns the exit status (0 when the run completed)."""
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
     if args.help_beam:
-        PipelineOptions([]).get_all_options(add_extra_args_fn=_print_beam_help)  # exits
+        print_beam_help(PROG)  # exits
     if args.input is None or args.output is None:
         parser.error("--input and --output are required")
-    unknown = _unknown_beam_args(beam_args)
+    unknown = unknown_beam_args(beam_args)
     if unknown:
         print(
             f"error: unrecognized arguments: {' '.join(unknown)} (neither an option of this "
@@ -408,7 +373,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> i
         "inputs": inputs,
         "tagger": {"model": args.spacy_model, "resolved": tagger.name},
         "encoder": {"id": encoder.id, "dim": encoder.dim},
-        "alp_version": _alp_version(),
+        "alp_version": alp_version(),
     }
     options.view_as(StandardOptions).runner = args.runner
     options.view_as(SetupOptions).save_main_session = save_main_session

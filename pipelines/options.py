@@ -1,0 +1,68 @@
+"""Command-line pieces every ALP pipeline shares: flag types, the runner, Beam's own options."""
+
+from __future__ import annotations
+
+import argparse
+from importlib import metadata
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+# Beam's local Python runner. DirectRunner would first try to download the Prism runner, which
+# fails without network; DataflowRunner, FlinkRunner, ... are chosen with --runner at scale.
+DEFAULT_RUNNER = "FnApiRunner"
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
+def add_runner_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--runner",
+        default=DEFAULT_RUNNER,
+        help="Beam runner; default: %(default)s, Beam's local Python runner (DirectRunner would "
+        "first try to download the Prism runner); DataflowRunner, FlinkRunner, ... at scale",
+    )
+
+
+def add_help_beam_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--help-beam", action="store_true", help="list every Beam pipeline option and exit"
+    )
+
+
+def print_beam_help(prog: str) -> None:
+    """Print the help of every Beam pipeline option, under this pipeline's name, and exit."""
+
+    def show(beam_parser: argparse.ArgumentParser) -> None:
+        # Called by Beam with its parser of every pipeline option.
+        beam_parser.usage = f"{prog} [options, see --help] [Beam options]"
+        beam_parser.print_help()
+        raise SystemExit(0)
+
+    PipelineOptions([]).get_all_options(add_extra_args_fn=show)
+
+
+def unknown_beam_args(beam_args: list[str]) -> list[str]:
+    """The flags in ``beam_args`` that no Beam pipeline option knows."""
+    options = PipelineOptions(beam_args)
+    known = options.get_all_options()
+    every = options.get_all_options(retain_unknown_options=True)
+    return sorted(f"--{name}" for name in every if name not in known)
+
+
+def alp_version() -> str:
+    try:
+        return metadata.version("alp")
+    except metadata.PackageNotFoundError:
+        return "unknown"
