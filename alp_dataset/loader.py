@@ -60,10 +60,21 @@ def _output_like(values: Sequence[torch.Tensor], n: int, *, stacked: bool = Fals
     that sending it to the training process copies nothing more (as torch's default_collate)."""
     first = values[0]
     shape = (n, *first.shape) if stacked else (n, *first.shape[1:])
+    # Channels-last images (the transforms keep the decoder's pixel-by-pixel layout) stack into
+    # a channels-last batch: no transposing copy here, and convolutions accept either layout.
+    channels_last = (
+        stacked and first.ndim == 3 and first.shape[0] > 1 and first.stride(0) == 1
+        and first.stride(2) == first.shape[0]
+    )
     if get_worker_info() is None:
-        return first.new_empty(shape)
-    storage = first._typed_storage()._new_shared(math.prod(shape), device=first.device)
-    return first.new(storage).resize_(shape)
+        out = first.new_empty(shape)
+    else:
+        storage = first._typed_storage()._new_shared(math.prod(shape), device=first.device)
+        out = first.new(storage).resize_(shape)
+    if channels_last:
+        # (B, C, H, W) viewed over (B, H, W, C) storage
+        out = out.view(n, shape[2], shape[3], shape[1]).permute(0, 3, 1, 2)
+    return out
 
 
 def _packable(values: Sequence[Any]) -> bool:

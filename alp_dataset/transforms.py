@@ -189,17 +189,22 @@ class Geometry:
     with scale = resized / input size per axis. The output is ``output_hw``; its pixels outside
     ``content_xyxy`` are padding.
 
+    ``crop_xy`` may be fractional: `sample_lsj_geometry` starts the window on a whole *input*
+    pixel (crop = input offset * scale), so that only the window's source region is resampled
+    rather than the whole resized image (up to 4x the window's pixels under LSJ).
+
     Attributes:
         input_hw: (H, W) of the input image.
         resized_hw: size the (flipped) image was resized to.
-        crop_xy: top-left corner of the output window in the resized image.
+        crop_xy: top-left corner of the output window in the resized image (int, or float when
+            it lies on a whole input pixel; see above).
         output_hw: size of the output image.
         flipped: whether the input was mirrored left-right first.
     """
 
     input_hw: tuple[int, int]
     resized_hw: tuple[int, int]
-    crop_xy: tuple[int, int]
+    crop_xy: tuple[float, float]
     output_hw: tuple[int, int]
     flipped: bool = False
 
@@ -218,10 +223,11 @@ class Geometry:
 
     @property
     def content_hw(self) -> tuple[int, int]:
-        """Size of the top-left part of the output that holds image pixels."""
+        """Size of the top-left part of the output that holds image pixels (whole pixels)."""
+        # The epsilon absorbs float error of a fractional crop (input offset * scale).
         return (
-            min(self.resized_hw[0] - self.crop_xy[1], self.output_hw[0]),
-            min(self.resized_hw[1] - self.crop_xy[0], self.output_hw[1]),
+            min(math.floor(self.resized_hw[0] - self.crop_xy[1] + 1e-6), self.output_hw[0]),
+            min(math.floor(self.resized_hw[1] - self.crop_xy[0] + 1e-6), self.output_hw[1]),
         )
 
     @property
@@ -285,11 +291,12 @@ class Geometry:
         return out.flip(-1) if self.flipped else out
 
 
-def _nearest_index(n_out: int, n_in: int, offset: int) -> torch.Tensor:
-    """Source index of each output pixel for a pixel-centre aligned nearest resize n_in -> n_out
-    (resampled size), starting at output pixel ``offset``: floor((i + 0.5) * n_in / n_out)."""
-    i = torch.arange(offset, offset + n_out, dtype=torch.float64)
-    return ((i + 0.5) * (n_in / n_out)).floor().clamp(max=n_in - 1).long()
+def _nearest_index(n_out: int, n_in: int, offset: float, count: int | None = None) -> torch.Tensor:
+    """Source index of output pixels offset, offset + 1, ... (``count`` of them, default n_out)
+    of a pixel-centre aligned nearest resize n_in -> n_out: floor((i + 0.5) * n_in / n_out).
+    ``offset`` may be fractional (a window starting between resampled pixels)."""
+    i = torch.arange(n_out if count is None else count, dtype=torch.float64) + offset
+    return ((i + 0.5) * (n_in / n_out)).floor().clamp(0, n_in - 1).long()
 
 
 def _resize_image(image: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
@@ -302,6 +309,64 @@ def _resize_image(image: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor
     return out[0]  # (C, h, w)
 
 
+def _memory_format(image: torch.Tensor) -> torch.memory_format:
+    """channels_last for an image stored pixel by pixel (C, H, W with channel stride 1)."""
+    c = image.shape[0]
+    channels_last = c > 1 and image.stride(0) == 1 and image.stride(2) == c
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def _source_offset(crop: float, scale: float) -> int | None:
+    """The input pixel a window edge starts on (crop / scale), None when it is not a whole one."""
+    offset = crop / scale
+    nearest = round(offset)
+    return nearest if abs(offset - nearest) < 1e-6 else None
+
+
+def _window_image(image: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+    """The output window's pixels (C, h, w), h, w = content size, in the input's dtype.
+
+    When the window starts on whole input pixels (always, for `sample_lsj_geometry`), only the
+    window's source region is resampled, with the same bilinear (antialiased when shrinking)
+    kernel and pixel mapping as resizing the whole image; the first row / column then clamps to
+    the region's edge instead of reading the pixel before it (a sub-pixel border difference).
+    Otherwise the whole (flipped) image is resized and the window cut from it.
+    """
+    in_h, in_w = geometry.input_hw
+    h, w = geometry.content_hw
+    sx, sy = geometry.scale_xy
+    x0 = _source_offset(geometry.crop_xy[0], sx)
+    y0 = _source_offset(geometry.crop_xy[1], sy)
+    if x0 is None or y0 is None:
+        flipped = image.flip(-1) if geometry.flipped else image
+        resized = _resize_image(flipped, geometry.resized_hw)
+        cx, cy = geometry.crop_xy
+        if not (float(cx).is_integer() and float(cy).is_integer()):
+            raise ValueError(
+                f"Geometry.crop_xy {geometry.crop_xy} is neither whole resized pixels nor whole "
+                f"input pixels (crop / scale)"
+            )
+        return resized[:, int(cy) : int(cy) + h, int(cx) : int(cx) + w]
+    # Source pixels the window reads: its extent in input pixels, plus the kernel's reach.
+    reach = 2 + math.ceil(1 / min(sx, sy))
+    src_h = min(in_h - y0, math.ceil(h / sy) + reach)
+    src_w = min(in_w - x0, math.ceil(w / sx) + reach)
+    if geometry.flipped:  # columns x0.. of the mirrored image are in_w - 1 - x0, ... of the input
+        source = image[:, y0 : y0 + src_h, in_w - x0 - src_w : in_w - x0].flip(-1)
+    else:
+        source = image[:, y0 : y0 + src_h, x0 : x0 + src_w]
+    if (sx, sy) == (1.0, 1.0):
+        return source[:, :h, :w]
+    source = source[None].contiguous(memory_format=_memory_format(image))  # (1, C, h_src, w_src)
+    # aten's resize takes the output size and the scale separately, so the window keeps the
+    # whole image's pixel mapping: output j reads input x0 + (j + 0.5) / scale - 0.5.
+    if sx < 1 or sy < 1:
+        out = torch.ops.aten._upsample_bilinear2d_aa(source, [h, w], False, sy, sx)
+    else:
+        out = torch.ops.aten.upsample_bilinear2d(source, [h, w], False, sy, sx)
+    return out[0]  # (C, h, w)
+
+
 def _transform_masks(masks: torch.Tensor, geometry: Geometry) -> torch.Tensor:
     # Naming convention: N = instances; h, w = content size; S_h, S_w = output size.
     in_h, in_w = geometry.input_hw
@@ -309,8 +374,8 @@ def _transform_masks(masks: torch.Tensor, geometry: Geometry) -> torch.Tensor:
     h, w = geometry.content_hw
     # Output pixel (i, j) reads resized pixel (i + crop_y, j + crop_x): gather instead of resizing
     # the whole (N, H, W) stack, which LSJ's 2x upscaling would make large.
-    rows = _nearest_index(res_h, in_h, 0)[geometry.crop_xy[1] : geometry.crop_xy[1] + h]
-    cols = _nearest_index(res_w, in_w, 0)[geometry.crop_xy[0] : geometry.crop_xy[0] + w]
+    rows = _nearest_index(res_h, in_h, geometry.crop_xy[1], h)
+    cols = _nearest_index(res_w, in_w, geometry.crop_xy[0], w)
     if geometry.flipped:
         cols = in_w - 1 - cols
     # On CPU, index_select along a middle dim is several times faster than along the last one.
@@ -350,12 +415,15 @@ def apply_geometry(
             f"target already has {GEOMETRY!r}: transforms apply to untransformed input"
         )
 
-    flipped = image.flip(-1) if geometry.flipped else image
-    resized = _resize_image(flipped, geometry.resized_hw)
     h, w = geometry.content_hw
-    cx, cy = geometry.crop_xy
-    out_image = resized.new_full((image.shape[0], *geometry.output_hw), pad_value)
-    out_image[:, :h, :w] = resized[:, cy : cy + h, cx : cx + w]
+    # The output keeps the input's memory layout: decoded images are channels-last (H, W, C
+    # arrays), for which torch's uint8 resize is several times faster than for planar ones.
+    out_image = torch.empty(
+        (1, image.shape[0], *geometry.output_hw),
+        dtype=image.dtype,
+        memory_format=_memory_format(image),
+    )[0].fill_(pad_value)  # (C, S_h, S_w)
+    out_image[:, :h, :w] = _window_image(image, geometry)
 
     instances = out_target.get(INSTANCES)
     if instances is not None:
@@ -409,15 +477,28 @@ def sample_lsj_geometry(
     in_h, in_w = input_hw
     s = size * factor / max(in_h, in_w)
     res_h, res_w = max(1, round(in_h * s)), max(1, round(in_w * s))
-    crop_x = round(u_x * max(res_w - size, 0))
-    crop_y = round(u_y * max(res_h - size, 0))
+    # The window starts on a whole input pixel (uniform over the offsets that keep it full), so
+    # only its source region needs resampling (`Geometry`); its resized-image offset is then
+    # offset * scale, fractional unless the scale is 1.
+    sx, sy = res_w / in_w, res_h / in_h
+    crop_x = _crop_offset(u_x, in_w, size / sx) * sx
+    crop_y = _crop_offset(u_y, in_h, size / sy) * sy
     return Geometry(
         input_hw=(in_h, in_w),
         resized_hw=(res_h, res_w),
-        crop_xy=(crop_x, crop_y),
+        crop_xy=(_int_if_whole(crop_x), _int_if_whole(crop_y)),
         output_hw=(size, size),
         flipped=u_flip < flip_prob,
     )
+
+
+def _crop_offset(u: float, n_in: int, window_in: float) -> int:
+    # floor keeps offset + window <= n_in, so the window holds image pixels to its far edge.
+    return math.floor(u * max(n_in - window_in, 0.0) + 1e-9)
+
+
+def _int_if_whole(value: float) -> float:
+    return int(value) if float(value).is_integer() else value
 
 
 def quantize_alp_boxes(

@@ -8,16 +8,17 @@ Writes a synthetic world at COCO's typical size (640 x 480; images re-encoded as
 with ``pipelines/extract_alps.py`` (offline MiniLM encoder, about a minute). Then, for DataLoader
 workers 0 and 2, measures samples/s over whole epochs of the same shards:
 
-- raw: ``webdataset.WebDataset`` decoding the image (``torchrgb8``) and the JSON only;
+- raw: ``webdataset.WebDataset`` decoding the image (``torchrgb8``) and the JSON, and for COCO
+  shards also the masks' RLE (``pycocotools.mask.decode``): everything the sample stores;
 - dataset: ``CocoShardDataset`` / ``AlpShardDataset`` without a transform (decoding, RLE masks,
   targets);
 - dataset + LSJ: the same with ``TrainTransform(size=512)`` (flip, large-scale jitter, ALP box
   quantization), batched by ``alp_dataset.loader.make_loader``.
 
 Each rate is the best of --epochs timed epochs after a warm-up one, the three loaders' epochs
-interleaved. Prints one table; "vs raw"
-is the rate with LSJ over the raw rate of the same shards and workers
-(the issue asks for at least 0.5: the transforms cost no more than half).
+interleaved. Prints one table; "LSJ / raw" is the rate with LSJ over the raw rate of the same
+shards and workers, "LSJ / dataset" the rate with LSJ over the rate without it (the transforms'
+own cost). The target is at least 0.5: the transforms cost no more than half.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from typing import Any
 import torch
 import webdataset as wds
 from PIL import Image
+from pycocotools import mask as mask_utils
 from torch.utils.data import DataLoader, default_collate
 
 from alp_dataset.datasets import AlpShardDataset, CocoShardDataset
@@ -119,12 +121,24 @@ def raw_collate(batch: list[tuple[torch.Tensor, Any]]) -> tuple[torch.Tensor, li
     return default_collate([image for image, _ in batch]), [doc for _, doc in batch]
 
 
+def decode_rles(doc: dict[str, Any]) -> dict[str, Any]:
+    """A COCO sample's instances.json with its RLE masks decoded (pycocotools, no checks)."""
+    rles = [
+        {"size": i["rle"]["size"], "counts": i["rle"]["counts"].encode("ascii")}
+        for i in doc["instances"]
+        if i.get("rle")
+    ]
+    return {**doc, "masks": mask_utils.decode(rles) if rles else None}  # (H, W, N) uint8
+
+
 def raw_loader(urls: list[str], json_name: str, workers: int, batch: int) -> DataLoader[Any]:
     dataset = (
         wds.WebDataset(urls, shardshuffle=False, empty_check=False)
         .decode("torchrgb8")
         .to_tuple("jpg;jpeg;png", json_name)
     )
+    if json_name == "instances.json":
+        dataset = dataset.map_tuple(None, decode_rles)
     return DataLoader(dataset, batch_size=batch, num_workers=workers, collate_fn=raw_collate)
 
 
@@ -171,12 +185,18 @@ def main() -> None:
                                 batch_size=args.batch_size, num_workers=workers),
                 ]  # fmt: skip
                 raw, plain, lsj = best_rates(loaders, args.epochs)
-                rows.append((name, workers, raw, plain, lsj, lsj / raw))
-        header = ("shards", "workers", "raw wds", "dataset", "dataset + LSJ", "vs raw")
+                rows.append((name, workers, raw, plain, lsj))
+        header = (
+            "shards", "workers", "raw wds", "dataset", "dataset + LSJ", "LSJ / raw",
+            "LSJ / dataset",
+        )  # fmt: skip
         print(f"| {' | '.join(header)} |")
-        print("|---|---:|---:|---:|---:|---:|")
-        for name, workers, raw, plain, lsj, ratio in rows:
-            print(f"| {name} | {workers} | {raw:.1f} | {plain:.1f} | {lsj:.1f} | {ratio:.2f} |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for name, workers, raw, plain, lsj in rows:
+            print(
+                f"| {name} | {workers} | {raw:.1f} | {plain:.1f} | {lsj:.1f} | {lsj / raw:.2f} "
+                f"| {lsj / plain:.2f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -416,3 +416,65 @@ def test_eval_transform_round_trips_boxes(sample) -> None:
     torch.testing.assert_close(
         g.boxes_to_input(got.boxes_xyxy_px), inst.boxes_xyxy_px, atol=1e-3, rtol=1e-5
     )
+
+
+def _resize_then_cut(image: torch.Tensor, g: Geometry) -> torch.Tensor:
+    """Reference: resize the whole (flipped) image, then cut the window (whole-pixel crops)."""
+    flipped = image.flip(-1) if g.flipped else image
+    shrink = g.resized_hw[0] < g.input_hw[0]
+    full = torch.nn.functional.interpolate(
+        flipped[None].float(), size=g.resized_hw, mode="bilinear", align_corners=False,
+        antialias=shrink,
+    )[0]
+    cx, cy = (int(c) for c in g.crop_xy)
+    h, w = g.content_hw
+    return full[:, cy : cy + h, cx : cx + w]
+
+
+@pytest.mark.parametrize("flipped", [False, True])
+@pytest.mark.parametrize(
+    ("resized_hw", "crop_xy", "border"),
+    [((80, 120), (10, 6), 1), ((40, 80), (8, 4), 3)],  # 2x (input offsets 5, 3); 0.8x (10, 5)
+)
+def test_window_resampling_matches_resizing_the_whole_image(
+    flipped: bool, resized_hw: tuple[int, int], crop_xy: tuple[int, int], border: int
+) -> None:
+    # Crops on whole input pixels take the window-only path; away from the window's first rows
+    # and columns (which clamp to the source region) it equals resize-then-cut.
+    image = torch.rand(3, 50, 100, generator=torch.Generator().manual_seed(0)) * 255
+    g = Geometry((50, 100), resized_hw, crop_xy=crop_xy, output_hw=(32, 32), flipped=flipped)
+    out_image, _ = apply_geometry(image, None, g)
+    expected = _resize_then_cut(image, g)
+    torch.testing.assert_close(
+        out_image[:, border:, border:], expected[:, border:, border:], atol=1e-3, rtol=0
+    )
+
+
+def test_lsj_window_starts_on_an_input_pixel_and_stays_aligned() -> None:
+    # A fractional crop (input offset * scale): the image, the masks and the boxes still agree.
+    transform = TrainTransform(size=64, scale_range=(1.7, 1.7), flip_prob=0.5, quantize=())
+    image = torch.zeros(3, 90, 120, dtype=torch.uint8)
+    image[:, 30:60, 40:80] = 255
+    inst = _instances([[40, 30, 80, 60]], 90, 120)
+    for seed in range(6):
+        out_image, out = transform(image, {INSTANCES: inst}, _gen(seed))
+        g = out[GEOMETRY]
+        sx, sy = g.scale_xy
+        assert g.content_hw == (64, 64)
+        assert abs(g.crop_xy[0] / sx - round(g.crop_xy[0] / sx)) < 1e-6
+        assert abs(g.crop_xy[1] / sy - round(g.crop_xy[1] / sy)) < 1e-6
+        got = out[INSTANCES]
+        if len(got) == 0:
+            continue
+        x0, y0, x1, y1 = got.boxes_xyxy_px[0].tolist()
+        ys, xs = torch.nonzero(got.masks[0], as_tuple=True)
+        assert abs(xs.min().item() - x0) <= 1 and abs(xs.max().item() + 1 - x1) <= 1
+        assert abs(ys.min().item() - y0) <= 1 and abs(ys.max().item() + 1 - y1) <= 1
+        bright = out_image[0] > 127
+        assert (bright ^ got.masks[0]).float().mean() < 0.02
+
+
+def test_geometry_with_a_crop_off_both_pixel_grids_is_refused() -> None:
+    g = Geometry((50, 100), (75, 150), crop_xy=(10.25, 0), output_hw=(32, 32))
+    with pytest.raises(ValueError, match="crop_xy"):
+        apply_geometry(torch.zeros(3, 50, 100), None, g)
