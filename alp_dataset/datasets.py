@@ -90,7 +90,14 @@ from webdataset.shardlists import expand_urls
 from webdataset.tariterators import base_plus_ext
 
 from alp_dataset.coco_shards import SAMPLE_INSTANCES, SOURCE_BOX, SOURCE_MASK, decode_masks
-from alp_dataset.schema import IMAGE_EXTENSIONS, SAMPLE_EMBEDDINGS, SAMPLE_JSON, phrase_id
+from alp_dataset.schema import (
+    IMAGE_EXTENSIONS,
+    MANIFEST_NAME,
+    SAMPLE_EMBEDDINGS,
+    SAMPLE_JSON,
+    SHARDS_DIR,
+    phrase_id,
+)
 from alp_dataset.transforms import GEOMETRY, INSTANCES, EvalTransform, Instances
 
 __all__ = [
@@ -104,6 +111,7 @@ __all__ = [
     "decode_image",
     "exact_shards",
     "map_samples",
+    "output_shards",
     "read_shards",
     "resampled_shards",
     "shard_urls",
@@ -455,11 +463,36 @@ class _NoSampleGuard:
 
 
 def shard_urls(urls: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[str]:
-    """Shard URLs: a string is split at "::" and brace-expanded (webdataset's rules); a
-    sequence is taken as it is."""
+    """Shard URLs: a local folder holding a pipeline output (its ``manifest.json`` lists the
+    shards), else a string split at "::" and brace-expanded (webdataset's rules); a sequence is
+    taken as it is."""
     if isinstance(urls, (str, os.PathLike)):
-        return list(expand_urls(os.fspath(urls)))
+        folder = os.fspath(urls)
+        if os.path.isdir(folder):
+            return output_shards(folder)
+        return list(expand_urls(folder))
     return [os.fspath(u) for u in urls]
+
+
+def output_shards(folder: str | os.PathLike[str]) -> list[str]:
+    """The shard files of a finished `pipelines/extract_alps.py` or `build_coco_shards.py` run:
+    those its manifest lists, checked to exist."""
+    path = os.path.join(os.fspath(folder), MANIFEST_NAME)
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"{folder}: no {MANIFEST_NAME} (not a pipeline output folder, or its run did not "
+            "finish)"
+        )
+    with open(path, encoding="utf-8") as f:
+        manifest = json.load(f)
+    listed = manifest.get("files", {}).get(SHARDS_DIR, [])
+    urls = [os.path.join(os.fspath(folder), entry["path"]) for entry in listed]
+    if not urls:
+        raise ValueError(f"{path}: lists no shards")
+    missing = [u for u in urls if not os.path.isfile(u)]
+    if missing:
+        raise ValueError(f"{path}: {len(missing)} listed shard(s) missing, e.g. {missing[0]}")
+    return urls
 
 
 def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:

@@ -36,8 +36,10 @@ from alp_dataset.datasets import (
     WorkerSlot,
     exact_shards,
     map_samples,
+    output_shards,
     read_shards,
     resampled_shards,
+    shard_urls,
     shuffle_samples,
     worker_quota,
 )
@@ -536,3 +538,21 @@ def test_a_coco_sample_with_damaged_masks_is_skipped(tmp_path: Path) -> None:
     assert any("24 x 16, instances.json says 25 x 16" in m for m in messages)
     assert keys_of(samples) == [coco_sample_key(0)]
     assert dataset.error_counts() == {"bad_shards": 0, "bad_samples": 2}
+
+
+def test_a_pipeline_output_folder_resolves_to_the_shards_its_manifest_lists(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "shards").mkdir()
+    for name in ("shard-000000.tar", "shard-000001.tar"):
+        (tmp_path / "shards" / name).write_bytes(b"")
+    listed = [{"path": "shards/shard-000000.tar"}, {"path": "shards/shard-000001.tar"}]
+    (tmp_path / "manifest.json").write_text(json.dumps({"files": {"shards": listed}}))
+    expected = [str(tmp_path / entry["path"]) for entry in listed]
+    assert shard_urls(tmp_path) == expected == output_shards(tmp_path)
+    assert shard_urls(str(tmp_path / "shards" / "shard-{000000..000001}.tar")) == expected
+    (tmp_path / "shards" / "shard-000001.tar").unlink()
+    with pytest.raises(ValueError, match="1 listed shard"):
+        shard_urls(tmp_path)
+    with pytest.raises(ValueError, match=r"no manifest\.json"):
+        output_shards(tmp_path / "shards")

@@ -1,0 +1,312 @@
+"""Run FCOS-MO on images, map its predictions back to the original pixels, draw them.
+
+    python -m models.predict --checkpoint run/checkpoint.pt --image photo.jpg \\
+        --classes "dog,sofa,red car" --out photo_pred.png
+
+The classes are free text: each is embedded with the checkpoint's text encoder through the
+63-template prompt ensemble (`alp_curation.prompts.ensemble_embeddings`), the model scores every
+location against them (open-vocabulary classifier, ALP paper Sec. 3.2-3.3), and the masks, boxes
+and "label score" captions are drawn on the image. One line per detection goes to stdout:
+``label<TAB>score<TAB>x0 y0 x1 y1`` (pixels of the image as stored on disk, EXIF rotation
+applied).
+
+In-process: `predict_image` for one HWC uint8 array; `predict_batch` for a batch that went
+through `alp_dataset.transforms.EvalTransform` (evaluation uses it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+
+from alp_dataset.transforms import GEOMETRY, EvalTransform, Geometry
+
+__all__ = [
+    "PAD_MULTIPLE",
+    "ImagePredictions",
+    "build_parser",
+    "embed_classes",
+    "inference_settings",
+    "main",
+    "parse_class_list",
+    "predict_batch",
+    "predict_image",
+    "predictions_to_input",
+]
+
+PAD_MULTIPLE = 128  # the model wants H, W multiples of its coarsest stride (P7: 128)
+MASK_THRESHOLD = 0.5
+MASK_CHUNK = 16  # masks resized to the original size at once: bounds memory on large images
+
+
+@dataclass(frozen=True)
+class ImagePredictions:
+    """Predictions for one image in the pixels of the original image (K detections).
+
+    Attributes:
+        boxes_xyxy_px: float32 (K, 4).
+        scores: float32 (K,), highest first as the model returns them.
+        labels: int64 (K,), index into the class list the model was given.
+        masks: bool (K, H, W) at the original size (probability > 0.5), or None when the model
+            returned no masks.
+    """
+
+    boxes_xyxy_px: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    masks: np.ndarray | None
+
+
+def parse_class_list(text: str) -> list[str]:
+    """ "dog, sofa,red car" -> ["dog", "sofa", "red car"]; empty or repeated names are errors."""
+    names = [part.strip() for part in text.split(",")]
+    if not all(names):
+        raise ValueError(f"class list {text!r} holds an empty name")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"class list {text!r} repeats {repeated}")
+    return names
+
+
+def embed_classes(text_encoder: str, class_names: Sequence[str]) -> torch.Tensor:
+    """float32 (C, D) prompt-ensemble embeddings of the class names with the encoder of that id
+    (the id the checkpoint's phrase embeddings were made with: ``config["text_encoder"]``)."""
+    from alp_curation.encoders import load_text_encoder
+    from alp_curation.prompts import ensemble_embeddings
+
+    encoder = load_text_encoder(text_encoder)
+    return torch.from_numpy(ensemble_embeddings(encoder, list(class_names)))
+
+
+@contextlib.contextmanager
+def inference_settings(
+    model: torch.nn.Module,
+    *,
+    score_threshold: float | None = None,
+    nms_threshold: float | None = None,
+) -> Iterator[None]:
+    """Set the model's ``score_threshold`` / ``nms_threshold`` (None: keep) for the block."""
+    wanted = {"score_threshold": score_threshold, "nms_threshold": nms_threshold}
+    saved = {}
+    for name, value in wanted.items():
+        if value is None:
+            continue
+        if not hasattr(model, name):
+            raise AttributeError(f"{type(model).__name__} has no attribute {name!r} to override")
+        saved[name] = getattr(model, name)
+        setattr(model, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(model, name, value)
+
+
+def _pad_to_multiple(images: torch.Tensor, multiple: int = PAD_MULTIPLE) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, 3, H', W') padded with zeros at the bottom / right (where
+    EvalTransform pads too, so the geometry still maps predictions back)."""
+    h, w = images.shape[-2:]
+    pad_h, pad_w = -h % multiple, -w % multiple
+    if pad_h == 0 and pad_w == 0:
+        return images
+    return F.pad(images, (0, pad_w, 0, pad_h))
+
+
+def predictions_to_input(
+    output: Mapping[str, torch.Tensor], geometry: Geometry
+) -> ImagePredictions:
+    """One image's model output (boxes, masks in the transformed image) -> original pixels:
+    boxes through `Geometry.boxes_to_input`, mask probabilities resized bilinearly through
+    `Geometry.masks_to_input`, then thresholded at 0.5."""
+    boxes = geometry.boxes_to_input(output["boxes_xyxy_px"].detach().float().cpu())  # (K, 4)
+    scores = output["scores"].detach().float().cpu()
+    labels = output["labels"].detach().cpu().long()
+    masks = None
+    probs = output.get("masks")
+    if probs is not None:
+        in_h, in_w = geometry.input_hw
+        masks = np.zeros((len(scores), in_h, in_w), dtype=bool)
+        for start in range(0, len(scores), MASK_CHUNK):
+            # Resized where the model ran (GPU: only the bool result crosses to the host).
+            chunk = probs[start : start + MASK_CHUNK, 0].detach().float()  # (k, H_out, W_out)
+            resized = geometry.masks_to_input(chunk)  # (k, H_in, W_in)
+            masks[start : start + MASK_CHUNK] = (resized > MASK_THRESHOLD).cpu().numpy()
+    return ImagePredictions(
+        boxes_xyxy_px=boxes.numpy().astype(np.float32),
+        scores=scores.numpy().astype(np.float32),
+        labels=labels.numpy().astype(np.int64),
+        masks=masks,
+    )
+
+
+def predict_batch(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    geometries: Sequence[Geometry],
+    class_embeddings: torch.Tensor,
+    *,
+    device: str | torch.device | None = None,
+) -> list[ImagePredictions]:
+    """Detect in a batch of EvalTransform outputs (uint8 (B, 3, S, S)) and map the predictions
+    back with each image's geometry. The batch is zero-padded at the bottom / right to multiples
+    of 128 pixels when S is not one. The model is put in eval mode."""
+    if images.ndim != 4 or len(images) != len(geometries):
+        raise ValueError(
+            f"predict_batch: images {tuple(images.shape)} and {len(geometries)} geometries "
+            "differ; expected (B, 3, S, S) and B geometries"
+        )
+    if device is None:
+        device = next(model.parameters()).device
+    model.eval()
+    with torch.no_grad():
+        outputs = model(
+            _pad_to_multiple(images).to(device),
+            class_embeddings=class_embeddings.to(device=device, dtype=torch.float32),
+        )
+    return [predictions_to_input(o, g) for o, g in zip(outputs, geometries, strict=True)]
+
+
+def predict_image(
+    model: torch.nn.Module,
+    image_uint8_hwc: np.ndarray,
+    class_names: Sequence[str],
+    class_embeddings: torch.Tensor,
+    *,
+    size: int = 512,
+    score_threshold: float = 0.3,
+    device: str | torch.device | None = None,
+) -> list[dict[str, Any]]:
+    """Detections with score >= ``score_threshold`` in one RGB image (H, W, 3) uint8, highest
+    score first: ``{"label", "class_index", "score", "box_xyxy_px": [x0, y0, x1, y1],
+    "mask": bool (H, W) or None}`` in the image's pixels. ``class_embeddings`` (C, D) rows
+    belong to ``class_names``. The model's own candidate threshold is lowered to
+    ``score_threshold`` for the call when it is higher."""
+    if image_uint8_hwc.ndim != 3 or image_uint8_hwc.shape[2] != 3:
+        raise ValueError(f"image must be (H, W, 3) RGB, got shape {image_uint8_hwc.shape}")
+    if len(class_names) != len(class_embeddings):
+        raise ValueError(
+            f"{len(class_names)} class names but {len(class_embeddings)} class embeddings"
+        )
+    if image_uint8_hwc.dtype != np.uint8:
+        raise ValueError(f"image must be uint8, got {image_uint8_hwc.dtype}")
+    image = torch.from_numpy(np.array(image_uint8_hwc)).permute(2, 0, 1)  # (3, H, W), a copy
+    transformed, target = EvalTransform(size=size)(image)
+    current = getattr(model, "score_threshold", None)
+    lowered = score_threshold if current is not None and score_threshold < current else None
+    with inference_settings(model, score_threshold=lowered):
+        (pred,) = predict_batch(
+            model, transformed[None], [target[GEOMETRY]], class_embeddings, device=device
+        )
+    out = []
+    for k in np.argsort(-pred.scores, kind="stable"):
+        if pred.scores[k] < score_threshold:
+            continue
+        label = int(pred.labels[k])
+        out.append(
+            {
+                "label": class_names[label],
+                "class_index": label,
+                "score": float(pred.scores[k]),
+                "box_xyxy_px": [float(v) for v in pred.boxes_xyxy_px[k]],
+                "mask": None if pred.masks is None else pred.masks[k],
+            }
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m models.predict",
+        description="Detect and segment free-text classes in one image with an FCOS-MO "
+        "checkpoint; draw masks, boxes and scores on it and save a PNG.",
+        epilog="Each detection is also printed as: label<TAB>score<TAB>x0 y0 x1 y1",
+    )
+    parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="model checkpoint")
+    parser.add_argument("--image", required=True, metavar="FILE", help="input image (any PIL "
+                        "format; EXIF rotation is applied)")  # fmt: skip
+    parser.add_argument(
+        "--classes",
+        required=True,
+        metavar="A,B,...",
+        help='comma-separated class names, free text ("dog,sofa,red car"); embedded with the '
+        "checkpoint's text encoder",
+    )
+    parser.add_argument("--out", required=True, metavar="PNG", help="where to write the drawing")
+    parser.add_argument(
+        "--score-threshold",
+        type=float,
+        default=0.3,
+        metavar="X",
+        help="keep detections scoring at least X; default: %(default)s",
+    )
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=512,
+        metavar="S",
+        help="the image is resized so its longer side is S (then padded to a multiple of 128); "
+        "default: %(default)s",
+    )
+    parser.add_argument(
+        "--device", default=None, help="torch device (cpu, cuda); default: cuda when available"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from models.checkpoint import load_model
+    from models.draw import draw_predictions
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        class_names = parse_class_list(args.classes)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.size < 1:
+        parser.error(f"--size must be positive, got {args.size}")
+    device = args.device or default_device()
+    model, config = load_model(args.checkpoint)
+    model.to(device)
+    embeddings = embed_classes(config["text_encoder"], class_names)
+    with Image.open(args.image) as opened:
+        rgb = np.array(ImageOps.exif_transpose(opened).convert("RGB"))  # (H, W, 3)
+    detections = predict_image(
+        model,
+        rgb,
+        class_names,
+        embeddings,
+        size=args.size,
+        score_threshold=args.score_threshold,
+        device=device,
+    )
+    for det in detections:
+        x0, y0, x1, y1 = det["box_xyxy_px"]
+        print(f"{det['label']}\t{det['score']:.3f}\t{x0:.1f} {y0:.1f} {x1:.1f} {y1:.1f}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    draw_predictions(rgb, detections).save(out, format="PNG")
+    print(f"{len(detections)} detections; wrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

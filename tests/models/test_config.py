@@ -1,0 +1,161 @@
+"""Tests for models/config.py: the configs mirror FCOSMO, flags come from the fields, presets
+apply before explicit flags, and config dicts round-trip."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+import pytest
+
+import models  # noqa: F401  (the torchvision fix, before any torchvision import)
+from alp_dataset.class_splits import SPLIT_NAMES
+from models.config import (
+    PRESETS,
+    ModelConfig,
+    TrainConfig,
+    build_model,
+    build_parser,
+    config_from_dict,
+    config_to_dict,
+    flag_name,
+    resolve_config,
+)
+
+TINY = ModelConfig(backbone="resnet_small", fpn_channels=16, text_dim=384, mask_channels=8)
+
+
+def test_model_config_is_fcosmo_keyword_arguments_with_their_defaults() -> None:
+    from models.fcos_mo import FCOSMO
+
+    params = inspect.signature(FCOSMO.__init__).parameters
+    expected = {
+        name: p.default for name, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    got = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+    assert got == expected
+
+
+def test_build_model_gives_an_fcosmo_of_the_config() -> None:
+    from models.fcos_mo import FCOSMO
+
+    model = build_model(TINY)
+    assert isinstance(model, FCOSMO)
+    assert model.text_dim == 384
+
+
+def test_defaults_without_a_preset() -> None:
+    model, train = resolve_config([])
+    assert model == ModelConfig()
+    assert train == TrainConfig()
+
+
+def test_a_preset_fills_values_and_explicit_flags_win() -> None:
+    model, train = resolve_config(
+        ["--lr", "0.02", "--preset", "synthetic-small", "--fpn-channels", "32", "--amp"]
+    )
+    assert (model.backbone, model.text_dim, model.mask_channels) == ("resnet_small", 384, 16)
+    assert model.fpn_channels == 32  # explicit, over the preset's 64
+    assert train.lr == 0.02  # explicit, even though given before --preset
+    assert train.amp is True  # the preset says --no-amp
+    assert (train.image_size, train.batch_size, train.text_encoder) == (128, 8, "minilm")
+    assert train.preset == "synthetic-small"
+
+
+def test_presets_follow_the_paper() -> None:
+    model, train = resolve_config(["--preset", "coco-oid"])
+    assert (model.backbone, model.head_norm, model.backbone_norm) == ("resnet50", "BN", "BN")
+    assert (model.nms_threshold, model.score_threshold, model.text_dim) == (0.2, 0.05, 512)
+    assert (train.batch_size, train.lr, train.steps, train.warmup_steps) == (
+        32,
+        0.05,
+        270_000,
+        1000,
+    )
+    assert (train.image_size, train.scale_range, train.amp) == (1024, (0.5, 2.0), True)
+    assert (train.momentum, train.weight_decay, train.optimizer) == (0.9, 1e-4, "sgd")
+    voc_model, voc = resolve_config(["--preset", "coco-voc"])
+    assert (voc_model.nms_threshold, voc.class_split, voc.steps) == (0.5, "coco_voc", 90_000)
+    _, zsd = resolve_config(["--preset", "coco-zsd"])
+    assert zsd.class_split == "coco_zsd_48_17"
+    for preset in PRESETS.values():
+        assert preset.train.get("class_split", "coco_voc") in SPLIT_NAMES
+        ModelConfig(**preset.model)  # every preset is a valid config
+        TrainConfig(**preset.train)
+
+
+def test_help_explains_every_field_with_its_default(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        resolve_config(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    text = " ".join(out.split())  # unwrap the help's lines
+    squeezed = "".join(out.split())  # argparse also breaks lines after hyphens
+    for cls in (ModelConfig, TrainConfig):
+        for f in dataclasses.fields(cls):
+            assert flag_name(f.name) in text, f.name
+            assert "".join(f.metadata["help"].split()) in squeezed, f.name
+    assert text.count("(default:") >= len(dataclasses.fields(ModelConfig)) + len(
+        dataclasses.fields(TrainConfig)
+    )
+    for name in PRESETS:
+        assert name in text
+
+
+def test_flags_of_each_kind_parse() -> None:
+    model, train = resolve_config(
+        [
+            "--shards", "a", "--shards", "b/{000..001}.tar", "--size-ranges", "32", "64", "128",
+            "256", "--no-use-centerness", "--backbone-weights", "w.pth", "--pattern", "2", "1",
+            "--scale-range", "0.1", "1.5", "--class-names", "dog", "red car",
+        ]
+    )  # fmt: skip
+    assert train.shards == ("a", "b/{000..001}.tar")
+    assert model.size_ranges == (32, 64, 128, 256)
+    assert model.use_centerness is False
+    assert model.backbone_weights == "w.pth"
+    assert (train.pattern, train.scale_range) == ((2, 1), (0.1, 1.5))
+    assert train.class_names == ("dog", "red car")
+    assert resolve_config(["--backbone-weights", "none"])[0].backbone_weights is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["--fpn-channels", "0"], "--fpn-channels"),
+        (["--size-ranges", "64", "32", "128", "256"], "--size-ranges"),
+        (["--lr", "-1"], "--lr"),
+        (["--pattern", "0", "0"], "--pattern"),
+        (["--head-norm", "LN"], "--head-norm"),
+        (["--preset", "imagenet"], "--preset"),
+        (["--batch-size", "two"], "--batch-size"),
+        (["--no-such-flag"], "--no-such-flag"),
+    ],
+)
+def test_bad_values_exit_2_naming_the_flag(
+    argv: list[str], flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        resolve_config(argv)
+    assert exit_info.value.code == 2
+    assert flag in capsys.readouterr().err
+
+
+def test_config_dicts_round_trip_and_reject_unknown_fields() -> None:
+    model, train = resolve_config(["--preset", "coco-voc", "--shards", "x"])
+    assert config_from_dict(ModelConfig, config_to_dict(model)) == model
+    assert config_from_dict(TrainConfig, config_to_dict(train)) == train
+    assert config_to_dict(model)["size_ranges"] == [64, 128, 256, 512]  # JSON: lists
+    with pytest.raises(ValueError, match="no fields \\['depth'\\]"):
+        config_from_dict(ModelConfig, {"depth": 3}, where="ckpt.pt")
+
+
+def test_last_step_is_max_steps_when_given() -> None:
+    assert TrainConfig(steps=10).last_step == 10
+    assert TrainConfig(steps=10, max_steps=4).last_step == 4
+    assert TrainConfig(steps=10, max_steps=40).last_step == 10
+
+
+def test_the_parser_lists_model_and_training_groups() -> None:
+    titles = [g.title for g in build_parser()._action_groups]
+    assert "model" in titles and "training" in titles

@@ -1,0 +1,377 @@
+"""Tests for models/train.py, models/schedule.py and models/checkpoint.py: the learning-rate
+schedule, the resumable data stream on toy loaders, checkpoints, then the command line on tiny
+ALP and COCO shards made by the real pipelines (slow): a short run, exact resumption, and the
+errors that name their flag."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import json
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import models  # noqa: F401  (the torchvision fix, before any torchvision import)
+from alp_curation.encoders import MINILM_ID
+from alp_dataset.synthetic import write_world
+from models.checkpoint import (
+    CHECKPOINT_KEYS,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+)
+from models.config import ModelConfig, build_model, config_to_dict
+from models.schedule import build_optimizer, build_scheduler, get_lr, parameter_groups
+from models.train import DataStream, TrainError, describe_source, main
+
+TINY_MODEL = ModelConfig(backbone="resnet_small", fpn_channels=16, text_dim=384, mask_channels=8)
+TINY_FLAGS = [
+    "--backbone", "resnet_small", "--fpn-channels", "16", "--text-dim", "384",
+    "--mask-channels", "8", "--image-size", "64", "--batch-size", "2", "--num-workers", "0",
+    "--epoch-length", "3", "--lr", "0.01", "--warmup-steps", "2", "--steps", "4",
+    "--log-every", "1", "--checkpoint-every", "2", "--no-progress",
+]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    # Two cores shared with other work: torch's second thread only waits for them.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedule and optimiser
+
+
+def test_get_lr_warms_up_linearly_then_follows_a_cosine_to_zero() -> None:
+    def lr(step: int) -> float:
+        return get_lr(step, base_lr=0.05, warmup_steps=1000, total_steps=270_000)
+
+    assert lr(0) == pytest.approx(0.05 * 0.001)
+    assert lr(500) == pytest.approx(0.05 * (0.001 + 0.999 * 0.5))
+    assert lr(1000) == pytest.approx(0.05)
+    assert lr((1000 + 270_000) // 2) == pytest.approx(0.025, rel=1e-4)
+    assert lr(270_000) == 0.0 and lr(300_000) == 0.0
+    assert 0 < lr(269_999) < 1e-9
+    values = [lr(s) for s in range(1000, 270_001, 1000)]
+    assert all(a >= b for a, b in itertools.pairwise(values))
+    assert get_lr(0, base_lr=1.0, warmup_steps=0, total_steps=10) == 1.0
+    with pytest.raises(ValueError, match="step"):
+        lr(-1)
+
+
+def test_the_scheduler_gives_each_step_the_rate_of_get_lr() -> None:
+    param = nn.Parameter(torch.zeros(2, 2))
+    optimizer = torch.optim.SGD([param], lr=0.1, momentum=0.9)
+    scheduler = build_scheduler(optimizer, base_lr=0.1, warmup_steps=3, total_steps=8)
+    seen = []
+    for _ in range(10):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    expected = [get_lr(s, base_lr=0.1, warmup_steps=3, total_steps=8) for s in range(10)]
+    assert seen == pytest.approx(expected)
+
+
+def test_no_weight_decay_on_norms_biases_and_scales() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 1, bias=False))
+    model[1].weight.requires_grad_(False)  # frozen parameters are left out
+    decay, no_decay = parameter_groups(model.named_parameters(), 1e-4)
+    assert [p.shape for p in decay["params"]] == [(4, 3, 3, 3), (4, 4, 1, 1)]
+    assert [p.shape for p in no_decay["params"]] == [(4,), (4,)]  # conv bias, BN bias
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (1e-4, 0.0)
+    optimizer = build_optimizer(model, lr=0.1, momentum=0.9, weight_decay=1e-4)
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["momentum"] == 0.9
+    adamw = build_optimizer(model, lr=1e-3, momentum=0.8, weight_decay=1e-4, optimizer="adamw")
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["betas"] == (0.8, 0.999)
+    assert [g["weight_decay"] for g in adamw.param_groups] == [1e-4, 0.0]
+    with pytest.raises(ValueError, match="optimizer"):
+        build_optimizer(model, lr=0.1, momentum=0.9, weight_decay=0.0, optimizer="lamb")
+
+
+# ---------------------------------------------------------------------------------------------
+# The data stream, on toy loaders
+
+
+class ToyDataset:
+    """Epoch ``e`` of source ``tag`` has 1 + (e + offset) % 3 batches."""
+
+    def __init__(self, tag: str, offset: int) -> None:
+        self.tag, self.offset, self.epoch = tag, offset, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
+class ToyLoader:
+    def __init__(self, dataset: ToyDataset) -> None:
+        self.dataset = dataset
+
+    def __iter__(self) -> Iterator[tuple[str, int, int]]:
+        d = self.dataset
+        return iter([(d.tag, d.epoch, k) for k in range(1 + (d.epoch + d.offset) % 3)])
+
+
+def toy_stream(n: int, pattern: tuple[int, int], state: Any = None) -> DataStream:
+    loaders = [ToyLoader(ToyDataset(tag, i)) for i, tag in enumerate(("a", "b")[:n])]
+    return DataStream(loaders, [lo.dataset.tag for lo in loaders], pattern=pattern, state=state)
+
+
+@pytest.mark.parametrize(("n", "pattern"), [(1, (1, 1)), (2, (1, 1)), (2, (2, 1)), (2, (1, 3))])
+def test_a_stream_rebuilt_from_its_state_goes_on_exactly(n: int, pattern: tuple[int, int]) -> None:
+    reference = list(zip(range(40), toy_stream(n, pattern), strict=False))
+    for cut in range(30):
+        stream = toy_stream(n, pattern)
+        it = iter(stream)
+        for _ in range(cut):
+            next(it)
+        state = json.loads(json.dumps(stream.state_dict()))  # as a checkpoint keeps it
+        resumed = toy_stream(n, pattern, state)
+        got = [b for _, b in zip(range(10), resumed, strict=False)]
+        assert got == [b for _, b in reference[cut : cut + 10]], (cut, state)
+
+
+def test_the_stream_alternates_sources_in_the_pattern_and_names_them() -> None:
+    batches = [b for _, b in zip(range(6), toy_stream(2, (2, 1)), strict=False)]
+    assert [name for name, _ in batches] == ["a", "a", "b", "a", "a", "b"]
+    assert [batch[:2] for _, batch in batches[:2]] == [("a", 0), ("a", 1)]  # epoch 0: 1 batch
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def _config() -> dict[str, Any]:
+    return {"model": config_to_dict(TINY_MODEL), "train": {}, "text_encoder": MINILM_ID}
+
+
+def test_a_checkpoint_round_trips_and_loads_as_a_model_in_eval_mode(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_model(TINY_MODEL)
+    optimizer = build_optimizer(model, lr=0.1, momentum=0.9, weight_decay=1e-4)
+    scheduler = build_scheduler(optimizer, base_lr=0.1, warmup_steps=2, total_steps=5)
+    path = save_checkpoint(
+        tmp_path / "run" / "step_0000003.pt",
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        step=3,
+        config=_config(),
+        extra={"data": {"epochs": [1]}},
+    )
+    assert sorted(p.name for p in path.parent.iterdir()) == ["config.json", "step_0000003.pt"]
+    assert json.loads((path.parent / "config.json").read_text()) == _config()
+    checkpoint = load_checkpoint(path)
+    assert set(CHECKPOINT_KEYS) <= set(checkpoint)
+    assert (checkpoint["step"], checkpoint["extra"]) == (3, {"data": {"epochs": [1]}})
+    assert checkpoint["scaler"] is None
+    loaded, config = load_model(path)
+    assert config == _config()
+    assert not loaded.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_a_ddp_wrapped_model_is_saved_unwrapped(tmp_path: Path) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1
+    )
+    try:
+        wrapped = nn.parallel.DistributedDataParallel(nn.Linear(2, 2))
+        path = save_checkpoint(tmp_path / "c.pt", model=wrapped, step=0, config={})
+    finally:
+        dist.destroy_process_group()
+    assert set(load_checkpoint(path)["model"]) == {"weight", "bias"}  # no "module." prefix
+
+
+def test_unreadable_or_foreign_files_are_named_in_the_error(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match=re.escape("garbage.pt: cannot be read")):
+        load_checkpoint(garbage)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(ValueError, match=re.escape("foreign.pt: not an FCOS-MO checkpoint")):
+        load_checkpoint(foreign)
+    truncated = tmp_path / "truncated.pt"
+    save_checkpoint(truncated, model=nn.Linear(2, 2), step=0, config={})
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    with pytest.raises(ValueError, match=re.escape("truncated.pt")):
+        load_checkpoint(truncated)
+    with pytest.raises(FileNotFoundError, match=re.escape("missing.pt")):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources that are not training data (no pipeline run needed)
+
+
+def test_sources_that_are_not_pipeline_outputs_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(TrainError, match=r"--shards .*nowhere: no such folder"):
+        describe_source(str(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TrainError, match=re.escape("no manifest.json")):
+        describe_source(str(tmp_path / "empty"))
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "manifest.json").write_text('{"files": {"shards": []}}')
+    with pytest.raises(TrainError, match="lists no shards"):
+        describe_source(str(tmp_path / "other"))
+
+
+def test_main_reports_bad_input_with_status_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*TINY_FLAGS, "--output-dir", str(tmp_path / "run")]) == 2
+    assert "--shards" in capsys.readouterr().err
+    argv = [*TINY_FLAGS, "--shards", str(tmp_path / "none"), "--output-dir", str(tmp_path)]
+    assert main(argv) == 2
+    assert "--shards" in capsys.readouterr().err
+    assert main(["--help"]) == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Training on shards made by the pipelines (slow)
+
+
+@dataclass(frozen=True)
+class Shards:
+    alps: Path  # output of pipelines/extract_alps.py, with images
+    coco: Path  # output of pipelines/build_coco_shards.py
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Shards:
+    """Six synthetic images as ALP shards (MiniLM phrases) and COCO shards, three per shard."""
+    from pipelines import build_coco_shards, extract_alps
+
+    root = tmp_path_factory.mktemp("train_world")
+    world = write_world(root / "world", 6, seed=0, image_size=(128, 96))
+    assert world.images is not None
+    common = ["--runner", "FnApiRunner", "--images", str(world.images), "--shard-size", "3"]
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        status = extract_alps.run(
+            ["--input", str(world.narratives), "--output", str(root / "alps"),
+             "--text-encoder", "minilm", *common]
+        )  # fmt: skip
+        assert status == 0
+        status = build_coco_shards.run(
+            ["--instances", str(world.instances), "--output", str(root / "coco"), *common]
+        )
+        assert status == 0
+    return Shards(root / "alps", root / "coco")
+
+
+def _metrics(run: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_a_short_run_writes_checkpoints_config_and_metrics(shards: Shards, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    # The ALP source as a brace pattern of its shards, the COCO one as the output folder.
+    pattern = str(shards.alps / "shards" / "shard-{000000..000001}.tar")
+    argv = [*TINY_FLAGS, "--shards", str(shards.coco), "--shards", pattern]
+    assert main([*argv, "--steps", "2", "--output-dir", str(run)]) == 0
+    assert sorted(p.name for p in run.iterdir()) == [
+        "config.json", "last.pt", "metrics.jsonl", "step_0000002.pt",
+    ]  # fmt: skip
+    config = json.loads((run / "config.json").read_text())
+    assert config["text_encoder"] == MINILM_ID  # from the ALP manifest
+    assert [s["kind"] for s in config["sources"]] == ["coco", "alp"]
+    assert config["model"] == config_to_dict(TINY_MODEL)
+    records = _metrics(run)
+    assert [r["step"] for r in records] == [1, 2]
+    assert [r["source"] for r in records] == ["coco", "alp"]  # --pattern 1 1
+    for r in records:
+        losses = ("loss_cls", "loss_box", "loss_centerness", "loss_mask")
+        assert all(math.isfinite(r[k]) for k in losses)
+        assert r["loss_total"] == pytest.approx(sum(r[k] for k in losses))
+        assert r["time_per_step"] > 0 and r["samples_per_s"] > 0
+        assert r["data_errors"]["coco"] == {"bad_shards": 0, "bad_samples": 0}
+    assert records[1]["loss_box"] == 0.0  # ALPs train no box regression
+    assert records[0]["lr"] == pytest.approx(0.01 * 0.001)
+    model, saved = load_model(run / "last.pt")
+    assert not model.training and saved == config
+    assert load_checkpoint(run / "last.pt")["step"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [0, 1])
+def test_resuming_gives_the_same_losses_and_weights(
+    shards: Shards, tmp_path: Path, workers: int
+) -> None:
+    # --pattern 2 1 and 3 samples per epoch in batches of 2: the cut at step 2 falls inside a
+    # round of the pattern, and the COCO source starts its second epoch at step 4.
+    argv = [
+        *TINY_FLAGS, "--shards", str(shards.coco), "--shards", str(shards.alps),
+        "--pattern", "2", "1", "--num-workers", str(workers),
+    ]  # fmt: skip
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert main([*argv, "--output-dir", str(straight)]) == 0
+    assert main([*argv, "--output-dir", str(split), "--max-steps", "2"]) == 0
+    assert [r["step"] for r in _metrics(split)] == [1, 2]
+    assert main([*argv, "--output-dir", str(split), "--resume", "auto"]) == 0
+    a, b = _metrics(straight), _metrics(split)
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    assert [r["source"] for r in a] == ["coco", "coco", "alp", "coco"]
+    assert a[3]["epochs"]["coco"] == 1
+    for ra, rb in zip(a[2:], b[2:], strict=True):
+        for key in ("lr", "loss_cls", "loss_box", "loss_centerness", "loss_mask", "source"):
+            assert ra[key] == pytest.approx(rb[key], abs=1e-6), (ra["step"], key)
+    final_a = load_checkpoint(straight / "last.pt")
+    final_b = load_checkpoint(split / "last.pt")
+    assert final_a["step"] == final_b["step"] == 4
+    for key, value in final_a["model"].items():
+        assert torch.allclose(value.float(), final_b["model"][key].float(), atol=1e-6), key
+    assert final_a["extra"] == final_b["extra"]
+
+
+@pytest.mark.slow
+def test_bad_input_names_the_flag(
+    shards: Shards, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = ["--output-dir", str(tmp_path / "run")]
+    alps, coco = ["--shards", str(shards.alps)], ["--shards", str(shards.coco)]
+    cases = [
+        ([*alps, "--text-dim", "512"], "--text-dim is 512"),
+        ([*alps, *coco, "--text-encoder", "open_clip:ViT-B-32:openai"], "--text-encoder"),
+        ([*coco], "--text-encoder: no ALP output"),
+        ([*alps, "--resume", str(tmp_path / "none.pt")], "--resume"),
+        ([*alps, *coco, *alps], "--shards: at most two"),
+        ([*alps, "--batch-size", "0"], "--batch-size"),
+    ]
+    for extra, message in cases:
+        assert main([*TINY_FLAGS, *extra, *out]) == 2, extra
+        assert message in capsys.readouterr().err, extra
+
+    # An output folder with checkpoints is continued only when asked to.
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "last.pt").write_bytes(b"garbage")
+    assert main([*TINY_FLAGS, *alps, *out]) == 2
+    assert "--resume auto" in capsys.readouterr().err
+    assert main([*TINY_FLAGS, *alps, *out, "--resume", "auto"]) == 2
+    assert "--resume: checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_alp_shards_without_images_are_refused(shards: Shards, tmp_path: Path) -> None:
+    manifest = json.loads((shards.alps / "manifest.json").read_text())
+    manifest["options"]["images"] = None
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "shards").symlink_to(shards.alps / "shards")
+    with pytest.raises(TrainError, match="hold no images"):
+        describe_source(str(tmp_path))
