@@ -124,7 +124,19 @@ def train_and_evaluate(
     sources, extra = SETTINGS[name]
     shards = [flag for source in sources for flag in ("--shards", str(data[source]))]
     started = time.perf_counter()
+    # A finished run is reused only when it was trained with these very arguments.
+    stamp = {
+        "sources": sources,
+        "extra": extra,
+        **{k: getattr(args, k) for k in ("steps", "lr", "optimizer", "batch_size", "seed")},
+    }
+    stamp_path = run_dir / "run_args.json"
+    if stamp_path.exists() and json.loads(stamp_path.read_text()) != json.loads(json.dumps(stamp)):
+        shutil.rmtree(run_dir)
     if not (run_dir / "last.pt").exists():
+        shutil.rmtree(run_dir, ignore_errors=True)  # a run cut short: start it again
+        run_dir.mkdir(parents=True)
+        stamp_path.write_text(json.dumps(stamp))
         status = train([
             "--preset", "synthetic-small", *shards, "--output-dir", str(run_dir),
             "--steps", str(args.steps), "--warmup-steps", str(min(200, args.steps // 10)),

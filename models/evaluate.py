@@ -364,10 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--size",
         type=int,
-        default=512,
+        default=None,
         metavar="S",
         help="longer image side fed to the model (padded to S x S, then to a multiple of 128); "
-        "default: %(default)s",
+        "default: the training crop side of the checkpoint (--image-size)",
     )
     parser.add_argument(
         "--batch-size", type=int, default=4, metavar="B", help="images per batch; default: 4"
@@ -428,7 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     base, novel = _classes(args, parser)
     for flag, value in (("--size", args.size), ("--batch-size", args.batch_size)):
-        if value < 1:
+        if value is not None and value < 1:
             parser.error(f"{flag} must be positive, got {value}")
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit must be positive, got {args.limit}")
@@ -440,10 +440,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--shards {args.shards}: no shard files")
     device = args.device or default_device()
 
-    model, config = load_model(args.checkpoint)
+    try:
+        model, config = load_model(args.checkpoint)
+    except (OSError, ValueError) as exc:
+        parser.error(f"--checkpoint: {exc}")
+    if args.size is None:
+        args.size = int(config.get("train", {}).get("image_size", 512))
     model.to(device)
     class_names = [*base, *novel]
-    embeddings = embed_classes(config["text_encoder"], class_names)
+    try:
+        embeddings = embed_classes(config["text_encoder"], class_names)
+    except (RuntimeError, ValueError) as exc:  # EncoderUnavailable is a RuntimeError
+        parser.error(f"text encoder {config['text_encoder']!r} of the checkpoint: {exc}")
     result = evaluate_model(
         model,
         eval_dataset(urls, size=args.size),

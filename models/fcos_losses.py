@@ -128,10 +128,12 @@ def contrastive_logits(features: Tensor, embeddings: Tensor, tau: float) -> Tens
     is 0. Columns 1.. are cos(feature, phrase) / tau. Both sides are L2-normalised here, in
     float32 (a temperature of 0.01 makes logits reach 100).
     """
-    features = F.normalize(features.float(), dim=1)
-    embeddings = F.normalize(embeddings.float(), dim=1)
-    cosine = features @ embeddings.T  # (N, C)
-    return torch.cat([cosine.new_zeros(cosine.shape[0], 1), cosine / tau], dim=1)
+    # Autocast would run the matmul in fp16 / bf16 whatever the inputs' dtype: off here.
+    with torch.autocast(features.device.type, enabled=False):
+        features = F.normalize(features.float(), dim=1)
+        embeddings = F.normalize(embeddings.float(), dim=1)
+        cosine = features @ embeddings.T  # (N, C)
+        return torch.cat([cosine.new_zeros(cosine.shape[0], 1), cosine / tau], dim=1)
 
 
 def contrastive_loss(logits: Tensor, labels: Tensor, background_alpha: float) -> Tensor:

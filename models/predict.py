@@ -260,10 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--size",
         type=int,
-        default=512,
+        default=None,
         metavar="S",
         help="the image is resized so its longer side is S (then padded to a multiple of 128); "
-        "default: %(default)s",
+        "default: the training crop side of the checkpoint (--image-size)",
     )
     parser.add_argument(
         "--device", default=None, help="torch device (cpu, cuda); default: cuda when available"
@@ -281,14 +281,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         class_names = parse_class_list(args.classes)
     except ValueError as exc:
         parser.error(str(exc))
-    if args.size < 1:
+    if args.size is not None and args.size < 1:
         parser.error(f"--size must be positive, got {args.size}")
     device = args.device or default_device()
-    model, config = load_model(args.checkpoint)
+    try:
+        model, config = load_model(args.checkpoint)
+    except (OSError, ValueError) as exc:
+        parser.error(f"--checkpoint: {exc}")
+    if args.size is None:
+        args.size = int(config.get("train", {}).get("image_size", 512))
     model.to(device)
-    embeddings = embed_classes(config["text_encoder"], class_names)
-    with Image.open(args.image) as opened:
-        rgb = np.array(ImageOps.exif_transpose(opened).convert("RGB"))  # (H, W, 3)
+    try:
+        embeddings = embed_classes(config["text_encoder"], class_names)
+    except (RuntimeError, ValueError) as exc:  # EncoderUnavailable is a RuntimeError
+        parser.error(f"text encoder {config['text_encoder']!r} of the checkpoint: {exc}")
+    try:
+        with Image.open(args.image) as opened:
+            rgb = np.array(ImageOps.exif_transpose(opened).convert("RGB"))  # (H, W, 3)
+    except OSError as exc:  # missing file, or not an image PIL can read
+        parser.error(f"--image {args.image}: {exc}")
     detections = predict_image(
         model,
         rgb,
