@@ -50,8 +50,8 @@ from alp_dataset.transforms import GEOMETRY, INSTANCES, EvalTransform, Instances
 from models.evaluation import ImageDetections, coco_metrics, oid_mask_ap50
 from models.predict import (
     default_device,
-    embed_classes,
     inference_settings,
+    load_for_inference,
     parse_class_list,
     predict_batch,
 )
@@ -422,7 +422,6 @@ def _classes(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from models.checkpoint import load_model
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -440,18 +439,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--shards {args.shards}: no shard files")
     device = args.device or default_device()
 
-    try:
-        model, config = load_model(args.checkpoint)
-    except (OSError, ValueError) as exc:
-        parser.error(f"--checkpoint: {exc}")
-    if args.size is None:
-        args.size = int(config.get("train", {}).get("image_size", 512))
-    model.to(device)
     class_names = [*base, *novel]
-    try:
-        embeddings = embed_classes(config["text_encoder"], class_names)
-    except (RuntimeError, ValueError) as exc:  # EncoderUnavailable is a RuntimeError
-        parser.error(f"text encoder {config['text_encoder']!r} of the checkpoint: {exc}")
+    model, config, embeddings, args.size = load_for_inference(
+        parser, args.checkpoint, class_names, size=args.size, device=device
+    )
     result = evaluate_model(
         model,
         eval_dataset(urls, size=args.size),

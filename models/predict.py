@@ -37,6 +37,7 @@ __all__ = [
     "build_parser",
     "embed_classes",
     "inference_settings",
+    "load_for_inference",
     "main",
     "parse_class_list",
     "predict_batch",
@@ -271,8 +272,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def load_for_inference(
+    parser: argparse.ArgumentParser,
+    checkpoint: str,
+    class_names: Sequence[str],
+    *,
+    size: int | None,
+    device: str,
+) -> tuple[torch.nn.Module, dict[str, Any], torch.Tensor, int]:
+    """The model of a checkpoint on ``device``, its config, the embeddings of ``class_names`` by
+    its text encoder, and the image size (``size``, else the checkpoint's training crop side),
+    for the command lines; a bad checkpoint or an encoder that cannot load is a usage error."""
     from models.checkpoint import load_model
+
+    try:
+        model, config = load_model(checkpoint)
+    except (OSError, ValueError) as exc:
+        parser.error(f"--checkpoint: {exc}")
+    try:
+        embeddings = embed_classes(config["text_encoder"], class_names)
+    except (RuntimeError, ValueError) as exc:  # EncoderUnavailable is a RuntimeError
+        parser.error(f"text encoder {config['text_encoder']!r} of the checkpoint: {exc}")
+    if size is None:
+        size = int(config.get("train", {}).get("image_size", 512))
+    return model.to(device), config, embeddings, size
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     from models.draw import draw_predictions
 
     parser = build_parser()
@@ -283,29 +309,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     if args.size is not None and args.size < 1:
         parser.error(f"--size must be positive, got {args.size}")
-    device = args.device or default_device()
-    try:
-        model, config = load_model(args.checkpoint)
-    except (OSError, ValueError) as exc:
-        parser.error(f"--checkpoint: {exc}")
-    if args.size is None:
-        args.size = int(config.get("train", {}).get("image_size", 512))
-    model.to(device)
-    try:
-        embeddings = embed_classes(config["text_encoder"], class_names)
-    except (RuntimeError, ValueError) as exc:  # EncoderUnavailable is a RuntimeError
-        parser.error(f"text encoder {config['text_encoder']!r} of the checkpoint: {exc}")
+    # The image first: a wrong path should not wait for the model and the text encoder.
     try:
         with Image.open(args.image) as opened:
             rgb = np.array(ImageOps.exif_transpose(opened).convert("RGB"))  # (H, W, 3)
     except OSError as exc:  # missing file, or not an image PIL can read
         parser.error(f"--image {args.image}: {exc}")
+    device = args.device or default_device()
+    model, _, embeddings, size = load_for_inference(
+        parser, args.checkpoint, class_names, size=args.size, device=device
+    )
     detections = predict_image(
         model,
         rgb,
         class_names,
         embeddings,
-        size=args.size,
+        size=size,
         score_threshold=args.score_threshold,
         device=device,
     )

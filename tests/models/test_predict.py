@@ -148,3 +148,58 @@ def test_command_line_draws_on_a_real_photo(
         x0, y0, x1, y1 = (float(v) for v in box.split())
         assert 0 <= x0 <= x1 <= 400 and 0 <= y0 <= y1 <= 512
     assert f"{len(lines)} detections" in captured.err
+
+
+def test_command_line_names_a_bad_image_or_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("not an image")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    Image.new("RGB", (32, 24)).save(tmp_path / "photo.png")
+    out = tmp_path / "out.png"
+    cases = (
+        (tmp_path / "missing.png", garbage, "--image"),
+        (not_an_image, garbage, "--image"),  # the image is read before the checkpoint
+        (tmp_path / "photo.png", garbage, "--checkpoint"),
+        (tmp_path / "photo.png", tmp_path / "missing.pt", "--checkpoint"),
+    )
+    for image, checkpoint, flag in cases:
+        with pytest.raises(SystemExit) as exc:
+            main(["--checkpoint", str(checkpoint), "--image", str(image), "--classes", "dog",
+                  "--out", str(out)])  # fmt: skip
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert f"{flag} " in err or f"{flag}:" in err, err
+        assert not out.exists()
+
+
+@pytest.mark.slow
+def test_inference_loading_takes_the_checkpoints_size_and_names_a_bad_encoder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import argparse
+
+    from models.checkpoint import load_checkpoint, save_checkpoint
+    from models.config import ModelConfig, build_model
+    from models.predict import load_for_inference
+
+    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt.pt")
+    saved = load_checkpoint(checkpoint)
+    parser = argparse.ArgumentParser(prog="predict")
+    config = {**saved["config"], "train": {"image_size": 96}}
+    sized = save_checkpoint(tmp_path / "sized.pt", model=build_model(ModelConfig(
+        **saved["config"]["model"])), step=0, config=config)  # fmt: skip
+    model, got, embeddings, size = load_for_inference(
+        parser, str(sized), ["dog", "red car"], size=None, device="cpu"
+    )
+    assert (size, tuple(embeddings.shape), got["text_encoder"]) == (96, (2, 384), "minilm")
+    assert not model.training
+    assert load_for_inference(parser, str(sized), ["dog"], size=64, device="cpu")[3] == 64
+    config["text_encoder"] = "no-such-encoder"
+    bad = save_checkpoint(tmp_path / "bad.pt", model=model, step=0, config=config)
+    with pytest.raises(SystemExit) as exc:
+        load_for_inference(parser, str(bad), ["dog"], size=None, device="cpu")
+    assert exc.value.code == 2
+    assert "text encoder 'no-such-encoder' of the checkpoint" in capsys.readouterr().err
