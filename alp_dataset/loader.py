@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
+from alp_dataset.transforms import is_channels_last
+
 __all__ = ["MixedLoader", "collate", "make_loader"]
 
 Batch = tuple[torch.Tensor, list[dict[str, Any]]]
@@ -62,10 +64,7 @@ def _output_like(values: Sequence[torch.Tensor], n: int, *, stacked: bool = Fals
     shape = (n, *first.shape) if stacked else (n, *first.shape[1:])
     # Channels-last images (the transforms keep the decoder's pixel-by-pixel layout) stack into
     # a channels-last batch: no transposing copy here, and convolutions accept either layout.
-    channels_last = (
-        stacked and first.ndim == 3 and first.shape[0] > 1 and first.stride(0) == 1
-        and first.stride(2) == first.shape[0]
-    )
+    channels_last = stacked and is_channels_last(first)
     if get_worker_info() is None:
         out = first.new_empty(shape)
     else:

@@ -65,6 +65,7 @@ __all__ = [
     "Instances",
     "TrainTransform",
     "apply_geometry",
+    "is_channels_last",
     "quantize_alp_boxes",
     "sample_lsj_geometry",
 ]
@@ -309,11 +310,16 @@ def _resize_image(image: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor
     return out[0]  # (C, h, w)
 
 
-def _memory_format(image: torch.Tensor) -> torch.memory_format:
-    """channels_last for an image stored pixel by pixel (C, H, W with channel stride 1)."""
+def is_channels_last(image: torch.Tensor) -> bool:
+    """Whether a (C, H, W) image is stored pixel by pixel (channel stride 1), as decoded."""
+    if image.ndim != 3:
+        return False
     c = image.shape[0]
-    channels_last = c > 1 and image.stride(0) == 1 and image.stride(2) == c
-    return torch.channels_last if channels_last else torch.contiguous_format
+    return c > 1 and image.stride(0) == 1 and image.stride(2) == c
+
+
+def _memory_format(image: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if is_channels_last(image) else torch.contiguous_format
 
 
 def _source_offset(crop: float, scale: float) -> int | None:

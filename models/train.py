@@ -59,9 +59,15 @@ from alp_curation.encoders import MINILM_ID, EncoderUnavailable, load_text_encod
 from alp_curation.prompts import ensemble_embeddings
 from alp_dataset.class_splits import get_split
 from alp_dataset.coco_shards import COCO_SHARDS_FORMAT, SAMPLE_INSTANCES
-from alp_dataset.datasets import AlpShardDataset, CocoShardDataset, ShardDataset, shard_urls
+from alp_dataset.datasets import (
+    AlpShardDataset,
+    CocoShardDataset,
+    ShardDataset,
+    output_shards,
+    shard_urls,
+)
 from alp_dataset.loader import MixedLoader, make_loader
-from alp_dataset.schema import MANIFEST_NAME, SAMPLE_JSON, SHARDS_DIR
+from alp_dataset.schema import MANIFEST_NAME, SAMPLE_JSON
 from alp_dataset.transforms import TrainTransform
 from models.checkpoint import (
     copy_checkpoint,
@@ -151,19 +157,14 @@ def describe_source(spec: str) -> Source:
     """Resolve a ``--shards`` value: a pipeline output folder, or a pattern of its shards."""
     folder = Path(spec)
     if folder.is_dir():
-        path = folder / MANIFEST_NAME
-        if not path.is_file():
+        try:
+            urls = output_shards(folder)
+        except ValueError as exc:
             raise TrainError(
-                f"--shards {spec}: no {MANIFEST_NAME} in the folder (not an output of "
-                "pipelines/extract_alps.py or build_coco_shards.py, or the run did not finish)"
-            )
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        urls = [str(folder / f["path"]) for f in manifest.get("files", {}).get(SHARDS_DIR, [])]
-        if not urls:
-            raise TrainError(f"--shards {spec}: {MANIFEST_NAME} lists no shards")
-        missing = [u for u in urls if not Path(u).is_file()]
-        if missing:
-            raise TrainError(f"--shards {spec}: {len(missing)} shard(s) missing, e.g. {missing[0]}")
+                f"--shards {spec}: {exc} (expected an output of pipelines/extract_alps.py or "
+                "build_coco_shards.py)"
+            ) from exc
+        manifest = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
         return _from_manifest(spec, manifest, urls)
     try:
         urls = shard_urls(spec)
