@@ -233,6 +233,15 @@ class TrainConfig:
             metavar="PATH|auto",
         ),
     )
+    init_from: str = field(
+        default="",
+        metadata=_help(
+            "start from the model weights of this FCOS-MO checkpoint (e.g. a detector trained on "
+            "base masks) instead of random ones; optimiser, schedule and step start afresh. Its "
+            "model flags and phrase encoder must be this run's; ignored when resuming",
+            metavar="CKPT",
+        ),
+    )
     text_encoder: str = field(
         default="",
         metadata=_help(
@@ -277,9 +286,7 @@ class TrainConfig:
     warmup_factor: float = field(
         default=0.001, metadata=_help("learning rate at step 0, as a fraction of --lr")
     )
-    momentum: float = field(
-        default=0.9, metadata=_help("SGD momentum (AdamW: its first beta)")
-    )
+    momentum: float = field(default=0.9, metadata=_help("SGD momentum (AdamW: its first beta)"))
     weight_decay: float = field(
         default=1e-4, metadata=_help("weight decay (none on norm layers, biases and scales)")
     )

@@ -84,8 +84,11 @@ __all__ = ["DataStream", "Source", "TrainError", "describe_source", "main", "tra
 LAST = "last.pt"
 METRICS = "metrics.jsonl"
 MODEL_KEYS = ("boxes_xyxy_px", "masks", "has_mask", "is_alp", "phrase_ids", "text_embeddings")
-# Train fields that may change between a run and its resumption without changing its course.
-RESUMABLE_CHANGES = {"resume", "max_steps", "log_every", "checkpoint_every", "progress"}
+# Train fields that may change between a run and its resumption without changing its course
+# (init_from too: a resumed run takes its weights from the checkpoint).
+RESUMABLE_CHANGES = {
+    "resume", "init_from", "max_steps", "log_every", "checkpoint_every", "progress"
+}  # fmt: skip
 
 
 class TrainError(ValueError):
@@ -487,6 +490,33 @@ def _check_resumable(saved: Mapping[str, Any], config: Mapping[str, Any], path: 
         print(f"note: resuming with changed {changed}: not an exact continuation", file=sys.stderr)
 
 
+def _load_initial_weights(model: nn.Module, path: str, config: Mapping[str, Any]) -> None:
+    """``--init-from``: the model weights of another run's checkpoint, checked to fit this run."""
+    try:
+        saved = load_checkpoint(path)
+    except (FileNotFoundError, ValueError) as exc:
+        raise TrainError(f"--init-from: {exc}") from exc
+    saved_model = saved["config"].get("model", {})
+    changed = sorted(k for k, v in config["model"].items() if saved_model.get(k) != v)
+    # backbone_weights only says where a random start came from: it shapes no weight.
+    changed = [k for k in changed if k != "backbone_weights"]
+    if changed:
+        raise TrainError(
+            f"--init-from {path}: the checkpoint's model differs from this run's flags in "
+            f"{changed}: " + ", ".join(f"{k}={saved_model.get(k)!r}" for k in changed)
+        )
+    if saved["config"].get("text_encoder") != config["text_encoder"]:
+        raise TrainError(
+            f"--init-from {path}: its classifier was trained against phrases embedded by "
+            f"{saved['config'].get('text_encoder')!r}, this run embeds them with "
+            f"{config['text_encoder']!r}"
+        )
+    try:
+        model.load_state_dict(saved["model"])
+    except RuntimeError as exc:
+        raise TrainError(f"--init-from {path}: its weights do not fit the model: {exc}") from exc
+
+
 def _keep_metrics_until(path: Path, step: int) -> None:
     """Drop lines logged after ``step`` (a run that went on after its last checkpoint)."""
     if not path.is_file():
@@ -675,6 +705,8 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, env: Distributed) -> 
     )
 
     model = _build_model(model_cfg, env, train_cfg.seed)
+    if checkpoint is None and train_cfg.init_from:
+        _load_initial_weights(model, train_cfg.init_from, config)
     optimizer = build_optimizer(
         model,
         lr=train_cfg.lr,

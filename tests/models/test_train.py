@@ -375,3 +375,45 @@ def test_alp_shards_without_images_are_refused(shards: Shards, tmp_path: Path) -
     (tmp_path / "shards").symlink_to(shards.alps / "shards")
     with pytest.raises(TrainError, match="hold no images"):
         describe_source(str(tmp_path))
+
+
+@pytest.mark.slow
+def test_init_from_starts_with_another_runs_weights(
+    shards: Shards, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    alps, coco = ["--shards", str(shards.alps)], ["--shards", str(shards.coco)]
+    base = tmp_path / "base"
+    minilm = ["--text-encoder", "minilm"]  # COCO shards alone do not name an encoder
+    assert main([*TINY_FLAGS, *coco, *minilm, "--steps", "2", "--output-dir", str(base)]) == 0
+    start = load_checkpoint(base / "last.pt")
+    # Another seed, so that a random start would differ; the first step's rate is
+    # lr x warm-up factor = 1e-5, so the weights stay those of the start.
+    run = tmp_path / "run"
+    argv = [*TINY_FLAGS, *coco, *alps, "--steps", "1", "--seed", "1", "--output-dir", str(run)]
+    assert main([*argv, "--init-from", str(base / "last.pt")]) == 0
+    after = load_checkpoint(run / "last.pt")
+    assert after["step"] == 1
+    torch.manual_seed(1)
+    fresh = dict(build_model(TINY_MODEL).named_parameters())
+    distance = max((fresh[k] - start["model"][k]).abs().max().item() for k in fresh)
+    assert distance > 0.1
+    for key in fresh:  # parameters only: BN running statistics move in any training step
+        assert torch.allclose(after["model"][key], start["model"][key], atol=1e-3), key
+    assert json.loads((run / "config.json").read_text())["train"]["init_from"] == str(
+        base / "last.pt"
+    )
+
+    # A checkpoint of another architecture, of another phrase encoder, or none at all.
+    other = tmp_path / "other.pt"
+    start["config"]["text_encoder"] = "open_clip:ViT-B-32:openai"
+    torch.save(start, other)
+    cases = [
+        (["--init-from", str(base / "last.pt"), "--fpn-channels", "8"], "fpn_channels"),
+        (["--init-from", str(other)], "open_clip:ViT-B-32:openai"),
+        (["--init-from", str(tmp_path / "none.pt")], "no such file"),
+    ]
+    for i, (extra, message) in enumerate(cases):
+        status = main([*argv[:-1], str(tmp_path / f"bad{i}"), *extra])
+        assert status == 2, extra
+        err = capsys.readouterr().err
+        assert "--init-from" in err and message in err, err
