@@ -238,7 +238,8 @@ class TrainConfig:
         metadata=_help(
             "start from the model weights of this FCOS-MO checkpoint (e.g. a detector trained on "
             "base masks) instead of random ones; optimiser, schedule and step start afresh. Its "
-            "model flags and phrase encoder must be this run's; ignored when resuming",
+            "phrase encoder must be this run's and its weights must fit the model flags; ignored "
+            "when resuming",
             metavar="CKPT",
         ),
     )

@@ -491,30 +491,39 @@ def _check_resumable(saved: Mapping[str, Any], config: Mapping[str, Any], path: 
 
 
 def _load_initial_weights(model: nn.Module, path: str, config: Mapping[str, Any]) -> None:
-    """``--init-from``: the model weights of another run's checkpoint, checked to fit this run."""
+    """``--init-from``: the model weights of another run's checkpoint, checked to fit this run.
+
+    The phrase encoder must be the same (the classifier maps into its space). Model flags may
+    differ as long as the weights fit (an NMS threshold, tau, the size ranges...): a note names
+    them. When the weights do not fit, the error names the flags that differ.
+    """
     try:
         saved = load_checkpoint(path)
     except (FileNotFoundError, ValueError) as exc:
         raise TrainError(f"--init-from: {exc}") from exc
-    saved_model = saved["config"].get("model", {})
-    changed = sorted(k for k, v in config["model"].items() if saved_model.get(k) != v)
-    # backbone_weights only says where a random start came from: it shapes no weight.
-    changed = [k for k in changed if k != "backbone_weights"]
-    if changed:
-        raise TrainError(
-            f"--init-from {path}: the checkpoint's model differs from this run's flags in "
-            f"{changed}: " + ", ".join(f"{k}={saved_model.get(k)!r}" for k in changed)
-        )
     if saved["config"].get("text_encoder") != config["text_encoder"]:
         raise TrainError(
             f"--init-from {path}: its classifier was trained against phrases embedded by "
             f"{saved['config'].get('text_encoder')!r}, this run embeds them with "
             f"{config['text_encoder']!r}"
         )
+    saved_model = saved["config"].get("model", {})
+    # backbone_weights only says where a random start came from: it shapes no weight.
+    changed = sorted(
+        k for k, v in config["model"].items() if k != "backbone_weights" and saved_model.get(k) != v
+    )
+    differences = ", ".join(
+        f"{k}: {saved_model.get(k)!r} -> {config['model'][k]!r}" for k in changed
+    )
     try:
         model.load_state_dict(saved["model"])
     except RuntimeError as exc:
-        raise TrainError(f"--init-from {path}: its weights do not fit the model: {exc}") from exc
+        reason = f"model flags differ ({differences})" if changed else str(exc).splitlines()[0]
+        raise TrainError(
+            f"--init-from {path}: its weights do not fit this model: {reason}"
+        ) from exc
+    if changed and (not dist.is_initialized() or dist.get_rank() == 0):
+        print(f"note: --init-from {path}: model flags differ ({differences})", file=sys.stderr)
 
 
 def _keep_metrics_until(path: Path, step: int) -> None:

@@ -403,6 +403,11 @@ def test_init_from_starts_with_another_runs_weights(
         base / "last.pt"
     )
 
+    # Flags that shape no weight may differ: a note names them.
+    assert main([*argv[:-1], str(tmp_path / "tau"), "--init-from", str(base / "last.pt"),
+                 "--tau", "0.05"]) == 0  # fmt: skip
+    assert "tau: 0.01 -> 0.05" in capsys.readouterr().err
+
     # A checkpoint of another architecture, of another phrase encoder, or none at all.
     other = tmp_path / "other.pt"
     start["config"]["text_encoder"] = "open_clip:ViT-B-32:openai"
