@@ -490,7 +490,9 @@ def _check_resumable(saved: Mapping[str, Any], config: Mapping[str, Any], path: 
         print(f"note: resuming with changed {changed}: not an exact continuation", file=sys.stderr)
 
 
-def _load_initial_weights(model: nn.Module, path: str, config: Mapping[str, Any]) -> None:
+def _load_initial_weights(
+    model: nn.Module, path: str, config: Mapping[str, Any], *, leader: bool
+) -> None:
     """``--init-from``: the model weights of another run's checkpoint, checked to fit this run.
 
     The phrase encoder must be the same (the classifier maps into its space). Model flags may
@@ -522,7 +524,7 @@ def _load_initial_weights(model: nn.Module, path: str, config: Mapping[str, Any]
         raise TrainError(
             f"--init-from {path}: its weights do not fit this model: {reason}"
         ) from exc
-    if changed and (not dist.is_initialized() or dist.get_rank() == 0):
+    if changed and leader:
         print(f"note: --init-from {path}: model flags differ ({differences})", file=sys.stderr)
 
 
@@ -715,7 +717,7 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, env: Distributed) -> 
 
     model = _build_model(model_cfg, env, train_cfg.seed)
     if checkpoint is None and train_cfg.init_from:
-        _load_initial_weights(model, train_cfg.init_from, config)
+        _load_initial_weights(model, train_cfg.init_from, config, leader=leader)
     optimizer = build_optimizer(
         model,
         lr=train_cfg.lr,
