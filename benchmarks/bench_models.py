@@ -1,21 +1,36 @@
-"""FCOS-MO speed on this CPU: a training step and inference, for ResNet-50 and the narrow ResNet.
+"""Detector speed against torchvision's: a training step, peak memory and inference, on this CPU.
 
-    python benchmarks/bench_models.py --steps 5 --threads 2
+    python benchmarks/bench_models.py --threads 1                       # both pairs, R-50, 512 px
+    python benchmarks/bench_models.py --archs mask-rcnn-star --steps 3
 
-For each backbone, in a fresh process (so that peak memory is that backbone's alone):
+Each of our detectors is set against its torchvision counterpart, both with random weights,
+ResNet-50 + FPN and trainable BatchNorm:
 
-- training: the model of the paper's recipe (``--preset coco-voc``: ResNet-50, FPN 256, BN heads,
-  Hourglass-20 mask head, 512-d phrases) or of ``--preset synthetic-small`` (resnet_small, FPN
-  64, GN heads, 384-d phrases), random weights; one synthetic in-memory batch of ``--batch``
-  images of ``--size`` px, each with two COCO instances (boxes and masks) and one ALP (box
-  only), no data loading; forward, backward and an SGD step. Seconds per step: the median of
-  ``--steps`` steps after ``--warmup`` ones. Peak RSS: the process's high-water mark after
-  training (model, optimiser state, activations).
-- inference: eval mode, one image of ``--size`` px, 80 class embeddings; the median of
-  ``--infer`` images in ms (random weights keep up to 100 detections, so the mask head runs on
-  all of them: the slow end).
+- ``mask-rcnn-star`` (the paper's recipe, ``--preset coco-oid``: Hourglass-20 mask head on GT
+  boxes, open-vocabulary classifier over 512-d phrases) against ``maskrcnn_resnet50_fpn``
+  (91 classes, 4-conv mask head on the positive proposals);
+- ``fcos-mo`` (``--preset coco-oid``) against ``fcos_resnet50_fpn`` (91 classes, no masks).
 
-Prints one table.
+Same input for both: one in-memory batch of ``--batch`` random images of ``--size`` px, each
+with the same three boxes (two with masks, one an ALP box for ours; torchvision's models get a
+label and, for Mask R-CNN, a mask for every box); torchvision's resize is set to keep the size.
+No data loading.
+
+- Training: forward, backward and an SGD step. The two models alternate step by step in one
+  process (interleaved, so that the load of a shared machine hits both alike); seconds per step
+  is the median of ``--steps`` steps after ``--warmup`` each.
+- Peak RSS: each model alone in a fresh process running the same steps (the process's
+  high-water mark: model, optimiser state, activations).
+- Inference: eval mode, one image; ours scores 80 class embeddings; the median of ``--infer``
+  images in ms, and the detections kept (masks are computed for each: with random weights ours
+  keep up to 100, while torchvision's 91-way softmax stays under its 0.05 threshold).
+
+On a machine where torchvision's compiled operators do not load (`alp_curation.torchvision_fix`),
+torchvision's RoI Align falls back to a pure-Python kernel under ``torch.compile`` that measured
+over 60 s a step here: there, torchvision's Mask R-CNN is given our RoI Align
+(`models.ops.roi_align`, the same work; aligned sampling instead of torchvision's half-pixel
+offset), so that the ratio compares the detectors rather than a missing kernel. The table says
+when it was done. Prints one table.
 """
 
 from __future__ import annotations
@@ -27,15 +42,21 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
-import torch
+import alp_curation.torchvision_fix  # before any torchvision import
 
-BACKBONE_PRESETS = {"resnet50": "coco-voc", "resnet_small": "synthetic-small"}
+import torch
+from torch import nn
+
+REFERENCES = {"mask-rcnn-star": "maskrcnn_resnet50_fpn", "fcos-mo": "fcos_resnet50_fpn"}
+NUM_CLASSES = 91  # torchvision's COCO heads
+TEXT_DIM = 512
 
 
 def synthetic_batch(batch: int, size: int, text_dim: int) -> tuple[torch.Tensor, list[dict]]:
-    """uint8 images and targets: two masked COCO instances and one ALP per image."""
+    """uint8 images and our targets: two masked COCO instances and one ALP per image."""
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=g)
     targets = []
@@ -44,7 +65,7 @@ def synthetic_batch(batch: int, size: int, text_dim: int) -> tuple[torch.Tensor,
             torch.tensor([[0.1, 0.1, 0.5, 0.6], [0.4, 0.3, 0.9, 0.8], [0.2, 0.5, 0.7, 0.95]]) * size
         )  # (3, 4) px
         masks = torch.zeros(3, size, size, dtype=torch.bool)
-        for k in range(2):
+        for k in range(3):
             x0, y0, x1, y1 = boxes[k].int().tolist()
             masks[k, y0 + 4 : y1 - 4, x0 + 4 : x1 - 4] = True
         embeddings = torch.nn.functional.normalize(torch.randn(3, text_dim, generator=g), dim=1)
@@ -61,45 +82,140 @@ def synthetic_batch(batch: int, size: int, text_dim: int) -> tuple[torch.Tensor,
     return images, targets
 
 
-def measure(backbone: str, args: argparse.Namespace) -> dict[str, Any]:
-    """One backbone's numbers, in this process."""
-    import models  # noqa: F401  (the torchvision fix)
-    from models.config import PRESETS, ModelConfig, build_model
-    from models.schedule import build_optimizer
+def reference_targets(targets: list[dict], with_masks: bool) -> list[dict]:
+    """The same boxes for torchvision: labels 1..3, a mask for every box (Mask R-CNN)."""
+    out = []
+    for t in targets:
+        entry = {"boxes": t["boxes_xyxy_px"], "labels": torch.tensor([1, 2, 3])}
+        if with_masks:
+            entry["masks"] = t["masks"].to(torch.uint8)
+        out.append(entry)
+    return out
 
-    cfg = ModelConfig(**{**PRESETS[BACKBONE_PRESETS[backbone]].model, "backbone": backbone})
-    torch.manual_seed(0)
-    model = build_model(cfg).train()
-    optimizer = build_optimizer(model, lr=1e-4, momentum=0.9, weight_decay=1e-4)
-    images, targets = synthetic_batch(args.batch, args.size, cfg.text_dim)
-    times = []
-    for step in range(args.warmup + args.steps):
+
+def use_our_roi_align_in_torchvision() -> bool:
+    """Route torchvision's R-CNN RoI Align calls (its poolers and its mask targets) to ours when
+    torchvision's compiled operators are missing (module doc); True when it did."""
+    if alp_curation.torchvision_fix.STATE != "patched":
+        return False
+    from torchvision.models.detection import roi_heads
+    from torchvision.ops import _utils, poolers
+
+    from models.ops import roi_align
+
+    def ours(
+        features: torch.Tensor,
+        boxes: torch.Tensor | list[torch.Tensor],
+        output_size: int | tuple[int, int],
+        spatial_scale: float = 1.0,
+        sampling_ratio: int = -1,
+        aligned: bool = False,
+    ) -> torch.Tensor:
+        rois = boxes if torch.is_tensor(boxes) else _utils.convert_boxes_to_roi_format(boxes)
+        side = output_size if isinstance(output_size, int) else output_size[0]
+        ratio = sampling_ratio if sampling_ratio > 0 else 2  # torchvision's R-CNN uses 2
+        return roi_align(features, rois[:, 1:], rois[:, 0].long(), side, spatial_scale, ratio)
+
+    poolers.roi_align = ours
+    roi_heads.roi_align = ours
+    return True
+
+
+class Side:
+    """One model of a pair: how to build it, step it and run it."""
+
+    def __init__(self, arch: str, reference: bool, args: argparse.Namespace) -> None:
+        self.arch, self.reference, self.args = arch, reference, args
+        self.name = REFERENCES[arch] if reference else arch
+        torch.manual_seed(0)
+        self.model = self._build().train()
+        self.optimizer = torch.optim.SGD(
+            [p for p in self.model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9
+        )
+        self.images, self.targets = synthetic_batch(args.batch, args.size, TEXT_DIM)
+        self.floats = [image.float() / 255 for image in self.images]  # torchvision's input
+        self.ref_targets = reference_targets(self.targets, arch == "mask-rcnn-star")
+        self.classes = torch.nn.functional.normalize(torch.randn(80, TEXT_DIM), dim=1)
+
+    def _build(self) -> nn.Module:
+        size = self.args.size
+        if self.reference:
+            from torchvision.models import detection
+
+            use_our_roi_align_in_torchvision()
+            build: Callable[..., nn.Module] = getattr(detection, REFERENCES[self.arch])
+            return build(
+                weights=None, weights_backbone=None, num_classes=NUM_CLASSES, min_size=size,
+                max_size=size,
+            )  # fmt: skip
+        from models.architectures import ARCHITECTURES, MODEL_PRESETS, build_model
+
+        values = MODEL_PRESETS[self.arch]["coco-oid"]
+        return build_model(ARCHITECTURES[self.arch].config(**values))
+
+    def step(self) -> float:
         start = time.perf_counter()
-        losses = model(images, targets)
-        optimizer.zero_grad(set_to_none=True)
+        if self.reference:
+            losses = self.model(self.floats, self.ref_targets)
+        else:
+            losses = self.model(self.images, self.targets)
+        self.optimizer.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
-        optimizer.step()
-        if step >= args.warmup:
-            times.append(time.perf_counter() - start)
+        self.optimizer.step()
+        return time.perf_counter() - start
+
+    def infer(self) -> tuple[float, int]:
+        self.model.eval()
+        with torch.no_grad():
+            start = time.perf_counter()
+            if self.reference:
+                out = self.model(self.floats[:1])
+            else:
+                out = self.model(self.images[:1], class_embeddings=self.classes)
+            seconds = time.perf_counter() - start
+        self.model.train()
+        return seconds, len(out[0]["scores"])
+
+
+def params_m(model: nn.Module) -> float:
+    return sum(p.numel() for p in model.parameters()) / 1e6
+
+
+def measure_alone(arch: str, reference: bool, args: argparse.Namespace) -> dict[str, Any]:
+    """Peak RSS of one model's training steps and its inference times, in this process."""
+    side = Side(arch, reference, args)
+    for _ in range(args.warmup + args.steps):
+        side.step()
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    model.eval()
-    classes = torch.nn.functional.normalize(torch.randn(80, cfg.text_dim), dim=1)
-    infer = []
-    detections = 0
-    for i in range(1 + args.infer):
-        start = time.perf_counter()
-        out = model(images[:1], class_embeddings=classes)
-        if i:
-            infer.append(time.perf_counter() - start)
-            detections = len(out[0]["scores"])
+    side.infer()  # warm-up
+    runs = [side.infer() for _ in range(args.infer)]
     return {
-        "backbone": backbone,
-        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
-        "step_s": statistics.median(times),
         "peak_rss_mib": peak_mib,
-        "infer_ms": 1000 * statistics.median(infer),
-        "detections": detections,
+        "infer_ms": 1000 * statistics.median(r[0] for r in runs),
+        "detections": runs[-1][1],
+        "params_m": params_m(side.model),
     }
+
+
+def interleaved(arch: str, args: argparse.Namespace) -> tuple[float, float]:
+    """Median seconds per training step of ours and of the reference, stepping in turn."""
+    ours, theirs = Side(arch, False, args), Side(arch, True, args)
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for i in range(args.warmup + args.steps):
+        for side in (ours, theirs) if i % 2 == 0 else (theirs, ours):
+            seconds = side.step()
+            if i >= args.warmup:
+                times[side.reference].append(seconds)
+    return statistics.median(times[False]), statistics.median(times[True])
+
+
+def _child(arch: str, reference: bool) -> dict[str, Any]:
+    argv = [a for a in sys.argv[1:] if not a.startswith("--archs")]
+    child = [sys.executable, __file__, "--one", f"{arch}:{int(reference)}", *argv]
+    done = subprocess.run(child, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{arch} (reference={reference}) failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -109,48 +225,57 @@ def main() -> None:
     parser.add_argument("--infer", type=int, default=5, help="timed inference images (median)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: its default)")
     parser.add_argument(
-        "--backbones",
-        default="resnet50,resnet_small",
-        help=f"comma-separated, of {sorted(BACKBONE_PRESETS)}",
+        "--archs",
+        default=",".join(REFERENCES),
+        help=f"comma-separated, of {sorted(REFERENCES)} (default: both)",
     )
     parser.add_argument("--size", type=int, default=512, help="image side in px")
     parser.add_argument("--batch", type=int, default=2, help="images per training step")
-    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure in this process
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: ARCH:REFERENCE alone
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.one:
-        print(json.dumps(measure(args.one, args)))
+        arch, reference = args.one.split(":")
+        print(json.dumps(measure_alone(arch, reference == "1", args)))
         return
 
-    backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
-    unknown = sorted(set(backbones) - set(BACKBONE_PRESETS))
+    archs = [a.strip() for a in args.archs.split(",") if a.strip()]
+    unknown = sorted(set(archs) - set(REFERENCES))
     if unknown:
-        parser.error(f"--backbones: unknown {unknown}; choose from {sorted(BACKBONE_PRESETS)}")
+        parser.error(f"--archs: unknown {unknown}; choose from {sorted(REFERENCES)}")
+    # The processes measured alone first: a child inherits the parent's high-water mark of RSS,
+    # which stays small until the interleaved run.
+    alone = {(arch, ref): _child(arch, ref) for arch in archs for ref in (False, True)}
     rows = []
-    for backbone in backbones:
-        child = [sys.executable, __file__, "--one", backbone, *sys.argv[1:]]
-        done = subprocess.run(child, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise SystemExit(f"{backbone} failed:\n{done.stderr}")
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    for arch in archs:
+        ours_s, theirs_s = interleaved(arch, args)
+        rows.append((arch, ours_s, theirs_s, alone[arch, False], alone[arch, True]))
     threads = args.threads or torch.get_num_threads()
     print(
-        f"FCOS-MO on CPU, random weights, torch {torch.__version__}, {threads} thread(s); "
-        f"training: batch {args.batch} x {args.size} px, median of {args.steps} steps after "
-        f"{args.warmup}; inference: 1 image, 80 classes, median of {args.infer}"
+        f"ours vs torchvision on CPU, ResNet-50 FPN, random weights, torch {torch.__version__}, "
+        f"{threads} thread(s); training: batch {args.batch} x {args.size} px, median of "
+        f"{args.steps} interleaved steps after {args.warmup}; inference: 1 image, median of "
+        f"{args.infer}"
+        + (
+            "; torchvision runs our RoI Align (its kernel is missing here)"
+            if alp_curation.torchvision_fix.STATE == "patched"
+            else ""
+        )
     )
     header = (
-        "backbone", "preset", "params (M)", "train s/step", "peak RSS (MiB)", "infer ms/image",
-        "detections",
+        "ours", "torchvision", "params (M) ours / tv", "train s/step ours", "train s/step tv",
+        "ratio", "peak RSS MiB ours / tv", "infer ms ours / tv", "detections ours / tv",
     )  # fmt: skip
     print(f"| {' | '.join(header)} |")
-    print("|---|---|---:|---:|---:|---:|---:|")
-    for r in rows:
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for arch, ours_s, theirs_s, ours, theirs in rows:
         print(
-            f"| {r['backbone']} | {BACKBONE_PRESETS[r['backbone']]} | {r['params_m']:.1f} | "
-            f"{r['step_s']:.2f} | {r['peak_rss_mib']:.0f} | {r['infer_ms']:.0f} | "
-            f"{r['detections']} |"
+            f"| {arch} | {REFERENCES[arch]} | {ours['params_m']:.1f} / {theirs['params_m']:.1f} "
+            f"| {ours_s:.2f} | {theirs_s:.2f} | {ours_s / theirs_s:.2f} "
+            f"| {ours['peak_rss_mib']:.0f} / {theirs['peak_rss_mib']:.0f} "
+            f"| {ours['infer_ms']:.0f} / {theirs['infer_ms']:.0f} "
+            f"| {ours['detections']} / {theirs['detections']} |"
         )
 
 

@@ -1,11 +1,19 @@
-"""ResNet + FPN backbone: five feature maps P3..P7 with strides 8, 16, 32, 64, 128.
+"""ResNet + FPN backbone: five feature maps, P3..P7 (FCOS) or P2..P6 (R-CNN).
 
     backbone = ResNetFPN(name="resnet50", weights="resnet50-imagenet.pth", norm="FrozenBN")
     p3, p4, p5, p6, p7 = backbone(images)  # (B, fpn_channels, H / stride, W / stride) each
+    p2, p3, p4, p5, p6 = ResNetFPN(name="resnet50", levels="p2-p6")(images)
 
-C3..C5 of the ResNet feed torchvision's `FeaturePyramidNetwork` (P3..P5); P6 and P7 come from P5
-(``LastLevelP6P7`` with equal in/out channels reads the FPN output P5, not C5: detectron2 FCOS's
-"p5" top block). Weights are never downloaded: random initialisation, or a local state dict.
+Both are torchvision's `FeaturePyramidNetwork` with a different top:
+
+- ``levels="p3-p7"`` (FCOS): C3..C5 feed the FPN (P3..P5); P6 and P7 come from P5
+  (``LastLevelP6P7`` with equal in/out channels reads the FPN output P5, not C5: detectron2
+  FCOS's "p5" top block). Strides 8..128.
+- ``levels="p2-p6"`` (Mask R-CNN): C2..C5 feed the FPN (P2..P5); P6 is P5 max-pooled with stride
+  2 (``LastLevelMaxPool``, as detectron2's and torchvision's R-CNN FPN), read by the RPN only.
+  Strides 4..64.
+
+Weights are never downloaded: random initialisation, or a local state dict.
 """
 
 from __future__ import annotations
@@ -14,18 +22,31 @@ from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
+import alp_curation.torchvision_fix  # noqa: F401
+
 import torch
 from torch import Tensor, nn
 from torchvision.models import resnet
 from torchvision.ops import FeaturePyramidNetwork
-from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-__all__ = ["BACKBONES", "FPN_STRIDES", "NORMS", "ResNetFPN", "make_norm", "resnet_small"]
+from models.choices import BACKBONE_NORMS, BACKBONES
 
-FPN_STRIDES = (8, 16, 32, 64, 128)
-NORMS = ("BN", "FrozenBN", "GN")
-BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet_small")
+__all__ = [
+    "BACKBONES",
+    "FPN_LEVELS",
+    "FPN_STRIDES",
+    "NORMS",
+    "ResNetFPN",
+    "make_norm",
+    "resnet_small",
+]
+
+FPN_STRIDES = (8, 16, 32, 64, 128)  # P3..P7
+# The pyramids a detector may ask for: first ResNet stage fed to the FPN, and the strides.
+FPN_LEVELS = {"p3-p7": (3, FPN_STRIDES), "p2-p6": (2, (4, 8, 16, 32, 64))}
+NORMS = BACKBONE_NORMS
 
 _TORCHVISION_RESNETS: dict[str, Callable[..., resnet.ResNet]] = {
     "resnet18": resnet.resnet18,
@@ -126,16 +147,15 @@ def _load_weights(body: nn.Module, path: str) -> None:
 
 
 class ResNetFPN(nn.Module):
-    """ResNet body + FPN: images (B, 3, H, W), normalised -> [P3, P4, P5, P6, P7].
+    """ResNet body + FPN: images (B, 3, H, W), normalised -> five maps, finest first.
 
-    Each map is (B, fpn_channels, ceil(H / s), ceil(W / s)) for s in `FPN_STRIDES`.
+    ``levels`` "p3-p7" gives [P3, ..., P7], "p2-p6" gives [P2, ..., P6] (module doc); each map is
+    (B, fpn_channels, ceil(H / s), ceil(W / s)) for s in ``self.strides``.
 
     ``norm`` is the ResNet's normalisation ("BN", "FrozenBN" or "GN"); the FPN convs use the
     same one (paper Sec. 3.4: SyncBN in backbone, FPN and heads), except with "FrozenBN", the
     mode for fine-tuning pretrained weights, where the FPN has none (its layers are new).
     """
-
-    strides = FPN_STRIDES
 
     def __init__(
         self,
@@ -144,8 +164,11 @@ class ResNetFPN(nn.Module):
         weights: str | None = None,
         norm: str = "BN",
         fpn_channels: int = 256,
+        levels: str = "p3-p7",
     ) -> None:
         super().__init__()
+        if levels not in FPN_LEVELS:
+            raise ValueError(f"levels: expected one of {sorted(FPN_LEVELS)}, got {levels!r}")
         norm_layer = make_norm(norm)
         if name == "resnet_small":
             body = resnet_small(norm_layer)
@@ -160,20 +183,27 @@ class ResNetFPN(nn.Module):
             _load_weights(body, weights)
         self.body = body
         self.out_channels = fpn_channels
-        in_channels = list(_WIDTHS[name][1:])  # C3..C5
+        self.first_level, self.strides = FPN_LEVELS[levels]
+        in_channels = list(_WIDTHS[name][self.first_level - 2 :])  # C2..C5 or C3..C5
+        top = (
+            LastLevelP6P7(fpn_channels, fpn_channels)  # equal channels: reads P5
+            if levels == "p3-p7"
+            else LastLevelMaxPool()
+        )
         self.fpn = FeaturePyramidNetwork(
             in_channels,
             fpn_channels,
-            extra_blocks=LastLevelP6P7(fpn_channels, fpn_channels),  # equal channels: reads P5
+            extra_blocks=top,
             norm_layer=None if norm == "FrozenBN" else norm_layer,
         )
 
     def forward(self, images: Tensor) -> list[Tensor]:
         body = self.body
         x = body.maxpool(body.relu(body.bn1(body.conv1(images))))
-        c2 = body.layer1(x)
-        c3 = body.layer2(c2)
-        c4 = body.layer3(c3)
-        c5 = body.layer4(c4)
-        pyramid = self.fpn(OrderedDict([("p3", c3), ("p4", c4), ("p5", c5)]))
-        return list(pyramid.values())  # P3, P4, P5, P6, P7
+        stages = [body.layer1(x)]  # C2
+        for layer in (body.layer2, body.layer3, body.layer4):
+            stages.append(layer(stages[-1]))  # C3, C4, C5
+        inputs = OrderedDict(
+            (f"p{level}", c) for level, c in enumerate(stages, start=2) if level >= self.first_level
+        )
+        return list(self.fpn(inputs).values())  # five maps, finest first

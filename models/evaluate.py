@@ -1,4 +1,4 @@
-"""Evaluate an FCOS-MO checkpoint on COCO shards: mask and box AP for all / base / novel classes.
+"""Evaluate a detector checkpoint on COCO shards: mask and box AP for all / base / novel classes.
 
     python -m models.evaluate --checkpoint run/checkpoint.pt \\
         --shards "coco_val/shards/shard-{000000..000004}.tar" --split coco_voc \\
@@ -337,8 +337,8 @@ def format_table(result: Mapping[str, Any]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m models.evaluate",
-        description="Evaluate an FCOS-MO checkpoint on COCO shards: COCO mask / box AP and "
-        "Open-Images-style mask AP50 for all, base and novel classes.",
+        description="Evaluate a detector checkpoint (any --arch) on COCO shards: COCO mask / box "
+        "AP and Open-Images-style mask AP50 for all, base and novel classes.",
     )
     parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="model checkpoint")
     parser.add_argument(

@@ -1,4 +1,5 @@
-"""RoI Align in pure torch, and the FPN level rule that picks which feature map a box reads.
+"""Tensor operations the heads share: RoI Align in pure torch, the FPN level rule that picks
+which feature map a box reads, and the zero-weighted term that keeps unused outputs in the graph.
 
 Why not ``torchvision.ops.roi_align``: on machines where torchvision's compiled operators do not
 load (see `alp_curation.torchvision_fix`), torchvision falls back to a ``torch.compile``'d
@@ -19,7 +20,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["assign_fpn_levels", "multilevel_roi_align", "roi_align"]
+__all__ = ["assign_fpn_levels", "multilevel_roi_align", "roi_align", "zero_weighted"]
+
+
+def zero_weighted(*tensors: Tensor) -> Tensor:
+    """``0 * sum(t.sum())``: a scalar 0 that depends on every tensor given.
+
+    Added to a loss whose supervision is absent in a batch (no positive, no mask, no box), it
+    keeps the outputs, and so the parameters behind them, in the autograd graph with a zero
+    gradient: DistributedDataParallel then needs no ``find_unused_parameters``.
+    """
+    if not tensors:
+        raise ValueError("zero_weighted: give at least one tensor")
+    return sum((t.sum() for t in tensors), tensors[0].new_zeros(())) * 0.0
 
 
 def roi_align(

@@ -1,11 +1,12 @@
-"""Run FCOS-MO on images, map its predictions back to the original pixels, draw them.
+"""Run a detector on images, map its predictions back to the original pixels, draw them.
 
     python -m models.predict --checkpoint run/checkpoint.pt --image photo.jpg \\
         --classes "dog,sofa,red car" --out photo_pred.png
 
 The classes are free text: each is embedded with the checkpoint's text encoder through the
 63-template prompt ensemble (`alp_curation.prompts.ensemble_embeddings`), the model scores every
-location against them (open-vocabulary classifier, ALP paper Sec. 3.2-3.3), and the masks, boxes
+location or region against them (the open-vocabulary classifier of FCOS-MO and Mask R-CNN*,
+ALP paper Sec. 3.2-3.3 and 4; the detector is the checkpoint's ``--arch``), and the masks, boxes
 and "label score" captions are drawn on the image. One line per detection goes to stdout:
 ``label<TAB>score<TAB>x0 y0 x1 y1`` (pixels of the image as stored on disk, EXIF rotation
 applied).
@@ -236,8 +237,8 @@ def default_device() -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m models.predict",
-        description="Detect and segment free-text classes in one image with an FCOS-MO "
-        "checkpoint; draw masks, boxes and scores on it and save a PNG.",
+        description="Detect and segment free-text classes in one image with a detector "
+        "checkpoint (any --arch); draw masks, boxes and scores on it and save a PNG.",
         epilog="Each detection is also printed as: label<TAB>score<TAB>x0 y0 x1 y1",
     )
     parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="model checkpoint")
@@ -283,7 +284,7 @@ def load_for_inference(
     """The model of a checkpoint on ``device``, its config, the embeddings of ``class_names`` by
     its text encoder, and the image size (``size``, else the checkpoint's training crop side),
     for the command lines; a bad checkpoint or an encoder that cannot load is a usage error."""
-    from models.checkpoint import load_model
+    from models.engine.checkpoint import load_model
 
     try:
         model, config = load_model(checkpoint)

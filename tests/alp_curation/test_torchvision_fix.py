@@ -15,11 +15,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+from alp_curation.torchvision_fix import nms_reference_kernel
+
 import numpy as np
 import pytest
 import torch
-
-from alp_curation.torchvision_fix import nms_reference_kernel
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

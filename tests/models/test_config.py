@@ -1,5 +1,6 @@
-"""Tests for models/config.py: the configs mirror FCOSMO, flags come from the fields, presets
-apply before explicit flags, and config dicts round-trip."""
+"""Tests for models/config.py and models/architectures.py: each architecture's config mirrors
+its detector's keyword arguments, --arch picks it, flags come from the fields, presets apply
+before explicit flags, and config dicts round-trip."""
 
 from __future__ import annotations
 
@@ -8,11 +9,17 @@ import inspect
 
 import pytest
 
-import models  # noqa: F401  (the torchvision fix, before any torchvision import)
 from alp_dataset.class_splits import SPLIT_NAMES
+from models.architectures import (
+    ARCH_NAMES,
+    ARCHITECTURES,
+    FCOSMOConfig,
+    MaskRCNNStarConfig,
+    architecture_of,
+    get_architecture,
+)
 from models.config import (
     PRESETS,
-    ModelConfig,
     TrainConfig,
     build_model,
     build_parser,
@@ -22,32 +29,43 @@ from models.config import (
     resolve_config,
 )
 
-TINY = ModelConfig(backbone="resnet_small", fpn_channels=16, text_dim=384, mask_channels=8)
+TINY = FCOSMOConfig(backbone="resnet_small", fpn_channels=16, text_dim=384, mask_channels=8)
+ModelConfig = FCOSMOConfig  # the default architecture's config
 
 
-def test_model_config_is_fcosmo_keyword_arguments_with_their_defaults() -> None:
-    from models.fcos_mo import FCOSMO
-
-    params = inspect.signature(FCOSMO.__init__).parameters
+@pytest.mark.parametrize("arch", ARCH_NAMES)
+def test_each_config_is_its_detectors_keyword_arguments_with_their_defaults(arch: str) -> None:
+    architecture = get_architecture(arch)
+    params = inspect.signature(architecture.detector_class().__init__).parameters
     expected = {
         name: p.default for name, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
     }
-    got = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+    got = {f.name: f.default for f in dataclasses.fields(architecture.config)}
     assert got == expected
+    assert architecture_of(architecture.config()) is architecture
 
 
-def test_build_model_gives_an_fcosmo_of_the_config() -> None:
-    from models.fcos_mo import FCOSMO
+def test_build_model_gives_the_detector_of_the_config() -> None:
+    from models.meta_arch.fcos_mo import FCOSMO
+    from models.meta_arch.mask_rcnn_star import MaskRCNNStar
 
     model = build_model(TINY)
     assert isinstance(model, FCOSMO)
     assert model.text_dim == 384
+    two_stage = build_model(
+        MaskRCNNStarConfig(backbone="resnet_small", fpn_channels=16, text_dim=32, box_head_dim=8)
+    )
+    assert isinstance(two_stage, MaskRCNNStar)
+    assert two_stage.strides == (4, 8, 16, 32, 64)  # P2..P6
 
 
 def test_defaults_without_a_preset() -> None:
     model, train = resolve_config([])
     assert model == ModelConfig()
     assert train == TrainConfig()
+    assert resolve_config(["--arch", "mask-rcnn-star"])[0] == MaskRCNNStarConfig()
+    with pytest.raises(ValueError, match="arch"):
+        get_architecture("yolo")
 
 
 def test_a_preset_fills_values_and_explicit_flags_win() -> None:
@@ -80,25 +98,43 @@ def test_presets_follow_the_paper() -> None:
     assert zsd.class_split == "coco_zsd_48_17"
     for preset in PRESETS.values():
         assert preset.train.get("class_split", "coco_voc") in SPLIT_NAMES
-        ModelConfig(**preset.model)  # every preset is a valid config
+        assert set(preset.model) == set(ARCHITECTURES)  # every architecture has every preset
+        for arch, values in preset.model.items():
+            ARCHITECTURES[arch].config(**values)  # every preset is a valid config
         TrainConfig(**preset.train)
+    rcnn, rcnn_train = resolve_config(["--arch", "mask-rcnn-star", "--preset", "coco-oid"])
+    assert (rcnn.backbone, rcnn.mask_head, rcnn.nms_threshold, rcnn.text_dim) == (
+        "resnet50", "hourglass20", 0.2, 512
+    )  # fmt: skip
+    # detectron2's R-50-FPN numbers (the ALP paper, Sec. 4)
+    assert rcnn.anchor_sizes == (32, 64, 128, 256, 512)
+    assert rcnn.aspect_ratios == (0.5, 1.0, 2.0)
+    assert (rcnn.rpn_post_nms_topk_train, rcnn.rpn_post_nms_topk_test) == (2000, 1000)
+    assert (rcnn.roi_batch_size, rcnn.roi_positive_fraction, rcnn.roi_fg_iou) == (512, 0.25, 0.5)
+    assert (rcnn.box_roi_size, rcnn.box_head_dim, rcnn.image_label_weight) == (7, 1024, 0.1)
+    assert (rcnn.tau, rcnn.background_alpha) == (0.01, 0.1)
+    assert rcnn_train == train  # trained alike (Sec. 4: "same as Sec. 3.4")
 
 
-def test_help_explains_every_field_with_its_default(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("arch", ARCH_NAMES)
+def test_help_explains_every_field_with_its_default(
+    arch: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        resolve_config(["--help"])
+        resolve_config(["--arch", arch, "--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     text = " ".join(out.split())  # unwrap the help's lines
     squeezed = "".join(out.split())  # argparse also breaks lines after hyphens
-    for cls in (ModelConfig, TrainConfig):
+    model_cls = ARCHITECTURES[arch].config
+    for cls in (model_cls, TrainConfig):
         for f in dataclasses.fields(cls):
             assert flag_name(f.name) in text, f.name
             assert "".join(f.metadata["help"].split()) in squeezed, f.name
-    assert text.count("(default:") >= len(dataclasses.fields(ModelConfig)) + len(
+    assert text.count("(default:") >= len(dataclasses.fields(model_cls)) + len(
         dataclasses.fields(TrainConfig)
     )
-    for name in PRESETS:
+    for name in (*PRESETS, *ARCH_NAMES):
         assert name in text
 
 
@@ -130,6 +166,12 @@ def test_flags_of_each_kind_parse() -> None:
         (["--preset", "imagenet"], "--preset"),
         (["--batch-size", "two"], "--batch-size"),
         (["--no-such-flag"], "--no-such-flag"),
+        (["--arch", "yolo"], "--arch"),
+        (["--arch", "fcos-mo", "--anchor-sizes", "16"], "--anchor-sizes"),  # not FCOS-MO's flag
+        (["--arch", "mask-rcnn-star", "--anchor-sizes", "16", "32"], "--anchor-sizes"),
+        (["--arch", "mask-rcnn-star", "--rpn-bg-iou", "0.8"], "--rpn-bg-iou"),
+        (["--mask-roi-size", "14"], "--mask-roi-size"),  # hourglass20 halves it twice
+        (["--alp-supervision", "captions"], "--alp-supervision"),
     ],
 )
 def test_bad_values_exit_2_naming_the_flag(
@@ -158,4 +200,6 @@ def test_last_step_is_max_steps_when_given() -> None:
 
 def test_the_parser_lists_model_and_training_groups() -> None:
     titles = [g.title for g in build_parser()._action_groups]
-    assert "model" in titles and "training" in titles
+    assert "model (fcos-mo)" in titles and "training" in titles
+    titles = [g.title for g in build_parser("mask-rcnn-star")._action_groups]
+    assert "model (mask-rcnn-star)" in titles

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,8 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
-import models  # noqa: F401  (the torchvision fix, before any torchvision import)
 from alp_dataset.synthetic import write_world
-from models.checkpoint import save_checkpoint
-from models.config import ModelConfig, build_model, config_to_dict
+from models.architectures import ARCH_NAMES
 from models.evaluate import (
     ORIGINAL_BOXES,
     ORIGINAL_MASKS,
@@ -151,22 +150,17 @@ def test_ground_truth_equals_the_world_annotations(coco_run: CocoRun) -> None:
     assert seen == len(by_id)
 
 
-def save_tiny_checkpoint(path: Path) -> Path:
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        backbone="resnet_small", fpn_channels=16, head_convs=1, text_dim=384, mask_channels=8
-    )
-    model = build_model(cfg)
-    config = {"model": config_to_dict(cfg), "train": {}, "text_encoder": "minilm"}
-    return save_checkpoint(path, model=model, step=0, config=config)
-
-
 @pytest.mark.slow
+@pytest.mark.parametrize("arch", ARCH_NAMES)
 def test_command_line_writes_json_and_prints_a_table(
-    coco_run: CocoRun, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    arch: str,
+    coco_run: CocoRun,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    save_tiny_checkpoint: Callable[..., Path],
 ) -> None:
     torch.set_num_threads(1)
-    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt.pt")
+    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt.pt", arch)
     out = tmp_path / "eval" / "results.json"
     status = main(
         [

@@ -10,15 +10,16 @@ import pytest
 import torch
 from torch import nn
 
-from models.fcos_losses import level_ranges, locations, regression_targets
-from models.fcos_mo import (
-    FCOSMO,
+from models.heads.fcos_targets import (
     centerness_targets,
-    contrastive_logits,
-    contrastive_loss,
     decode_boxes,
     fcos_match,
+    level_ranges,
+    locations,
+    regression_targets,
 )
+from models.heads.open_vocab import contrastive_logits, contrastive_loss
+from models.meta_arch.fcos_mo import FCOSMO
 
 TEXT_DIM = 16
 STEPS = 80  # overfitting test
@@ -244,8 +245,8 @@ def test_loss_cls_counts_positives_and_background() -> None:
     # tau = 1 with a zero-initialised projection: every logit is 0, so each location's
     # -log p is log(1 + U); positives weigh 1, background alpha, divided by the positive count.
     model = _tiny(tau=1.0)
-    nn.init.zeros_(model.head.cls_embed.weight)
-    nn.init.zeros_(model.head.cls_embed.bias)
+    nn.init.zeros_(model.head.classifier.projection.weight)
+    nn.init.zeros_(model.head.classifier.projection.bias)
     target = _target([[16, 16, 80, 96]], alp=False, phrase_ids=[7])
     model.train()
     losses = model(_images(1), [target])
@@ -359,7 +360,9 @@ def test_eval_needs_class_embeddings() -> None:
 
 @pytest.mark.slow
 def test_overfits_one_image() -> None:
-    from torchvision.ops import box_iou  # after `models`, which makes torchvision importable
+    import alp_curation.torchvision_fix  # noqa: F401  (makes torchvision importable)
+
+    from torchvision.ops import box_iou
 
     # A white square ("phrase 5") and a red one ("phrase 6") on a dark background.
     model = _tiny()

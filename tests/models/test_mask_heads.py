@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from models.mask_heads import Conv4MaskHead, Hourglass20, build_mask_head
+from models.heads.mask import Conv4MaskHead, Hourglass20, build_mask_head
 
 
 def _convs(module: nn.Module, kernel: int) -> int:

@@ -3,6 +3,7 @@ real photo with a tiny random model."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-import models  # noqa: F401  (the torchvision fix, before any torchvision import)
 from alp_dataset.transforms import EvalTransform
+from models.architectures import ARCH_NAMES
 from models.draw import colour_for, draw_predictions
 from models.predict import (
     inference_settings,
@@ -106,27 +107,19 @@ def test_draw_predictions_paints_masks_and_boxes() -> None:
     assert (drawn[5, 50] == 200).all()  # far away: untouched
 
 
-def save_tiny_checkpoint(path: Path) -> Path:
-    from models.checkpoint import save_checkpoint
-    from models.config import ModelConfig, build_model, config_to_dict
-
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        backbone="resnet_small", fpn_channels=16, head_convs=1, text_dim=384, mask_channels=8
-    )
-    config = {"model": config_to_dict(cfg), "train": {}, "text_encoder": "minilm"}
-    return save_checkpoint(path, model=build_model(cfg), step=0, config=config)
-
-
 @pytest.mark.slow
+@pytest.mark.parametrize("arch", ARCH_NAMES)
 def test_command_line_draws_on_a_real_photo(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    arch: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    save_tiny_checkpoint: Callable[..., Path],
 ) -> None:
     skimage_data = pytest.importorskip("skimage.data")
     torch.set_num_threads(1)
     photo = skimage_data.astronaut()  # (512, 512, 3)
     Image.fromarray(photo[:, :400]).save(tmp_path / "astronaut.png")  # 400 x 512: not square
-    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt.pt")
+    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt.pt", arch)
     out = tmp_path / "drawn" / "astronaut_pred.png"
     status = main(
         [
@@ -177,19 +170,19 @@ def test_command_line_names_a_bad_image_or_checkpoint(
 
 @pytest.mark.slow
 def test_inference_loading_takes_the_checkpoints_size_and_names_a_bad_encoder(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], save_tiny_checkpoint: Callable[..., Path]
 ) -> None:
     import argparse
 
-    from models.checkpoint import load_checkpoint, save_checkpoint
-    from models.config import ModelConfig, build_model
+    from models.architectures import FCOSMOConfig, build_model
+    from models.engine.checkpoint import load_checkpoint, save_checkpoint
     from models.predict import load_for_inference
 
     checkpoint = save_tiny_checkpoint(tmp_path / "ckpt.pt")
     saved = load_checkpoint(checkpoint)
     parser = argparse.ArgumentParser(prog="predict")
     config = {**saved["config"], "train": {"image_size": 96}}
-    sized = save_checkpoint(tmp_path / "sized.pt", model=build_model(ModelConfig(
+    sized = save_checkpoint(tmp_path / "sized.pt", model=build_model(FCOSMOConfig(
         **saved["config"]["model"])), step=0, config=config)  # fmt: skip
     model, got, embeddings, size = load_for_inference(
         parser, str(sized), ["dog", "red car"], size=None, device="cpu"

@@ -20,20 +20,20 @@ import pytest
 import torch
 from torch import nn
 
-import models  # noqa: F401  (the torchvision fix, before any torchvision import)
 from alp_curation.encoders import MINILM_ID
 from alp_dataset.synthetic import write_world
-from models.checkpoint import (
+from models.architectures import FCOSMOConfig, build_model
+from models.config import config_to_dict
+from models.engine.checkpoint import (
     CHECKPOINT_KEYS,
     load_checkpoint,
     load_model,
     save_checkpoint,
 )
-from models.config import ModelConfig, build_model, config_to_dict
-from models.schedule import build_optimizer, build_scheduler, get_lr, parameter_groups
+from models.engine.schedule import build_optimizer, build_scheduler, get_lr, parameter_groups
 from models.train import DataStream, TrainError, describe_source, main
 
-TINY_MODEL = ModelConfig(backbone="resnet_small", fpn_channels=16, text_dim=384, mask_channels=8)
+TINY_MODEL = FCOSMOConfig(backbone="resnet_small", fpn_channels=16, text_dim=384, mask_channels=8)
 TINY_FLAGS = [
     "--backbone", "resnet_small", "--fpn-channels", "16", "--text-dim", "384",
     "--mask-channels", "8", "--image-size", "64", "--batch-size", "2", "--num-workers", "0",
@@ -154,7 +154,12 @@ def test_the_stream_alternates_sources_in_the_pattern_and_names_them() -> None:
 
 
 def _config() -> dict[str, Any]:
-    return {"model": config_to_dict(TINY_MODEL), "train": {}, "text_encoder": MINILM_ID}
+    return {
+        "arch": "fcos-mo",
+        "model": config_to_dict(TINY_MODEL),
+        "train": {},
+        "text_encoder": MINILM_ID,
+    }
 
 
 def test_a_checkpoint_round_trips_and_loads_as_a_model_in_eval_mode(tmp_path: Path) -> None:
@@ -205,7 +210,7 @@ def test_unreadable_or_foreign_files_are_named_in_the_error(tmp_path: Path) -> N
         load_checkpoint(garbage)
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {}}, foreign)
-    with pytest.raises(ValueError, match=re.escape("foreign.pt: not an FCOS-MO checkpoint")):
+    with pytest.raises(ValueError, match=re.escape("foreign.pt: not a detector checkpoint")):
         load_checkpoint(foreign)
     truncated = tmp_path / "truncated.pt"
     save_checkpoint(truncated, model=nn.Linear(2, 2), step=0, config={})
@@ -214,6 +219,44 @@ def test_unreadable_or_foreign_files_are_named_in_the_error(tmp_path: Path) -> N
         load_checkpoint(truncated)
     with pytest.raises(FileNotFoundError, match=re.escape("missing.pt")):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+LEGACY = Path(__file__).parents[1] / "data" / "checkpoints"
+
+
+def test_a_version_1_fcos_mo_checkpoint_loads_and_computes_the_same() -> None:
+    # Written before models/ held several detectors (tests/data/checkpoints/README.md).
+    golden = json.loads((LEGACY / "fcos_mo_v1_golden.json").read_text())
+    checkpoint = load_checkpoint(LEGACY / "fcos_mo_v1.pt")
+    assert checkpoint["config"]["arch"] == "fcos-mo" and checkpoint["step"] == 7
+    assert "head.classifier.projection.weight" in checkpoint["model"]
+    model, config = load_model(LEGACY / "fcos_mo_v1.pt")
+    assert config["text_encoder"] == "minilm-test"
+    g = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (1, 3, 128, 128), dtype=torch.uint8, generator=g)
+    classes = nn.functional.normalize(torch.randn(3, 8, generator=g), dim=1)
+    masks = torch.zeros(2, 128, 128, dtype=torch.bool)
+    masks[0, 20:80, 15:60] = True
+    masks[1, 45:100, 60:115] = True
+    target = {
+        "boxes_xyxy_px": torch.tensor([[10.0, 12.0, 70.0, 90.0], [50.0, 40.0, 120.0, 110.0]]),
+        "masks": masks,
+        "has_mask": torch.tensor([True, True]),
+        "is_alp": torch.tensor([False, False]),
+        "phrase_ids": torch.tensor([3, 5]),
+        "text_embeddings": classes[:2],
+    }
+    model.train()
+    torch.manual_seed(0)
+    losses = {k: v.item() for k, v in model(images, [target]).items()}
+    assert losses == pytest.approx(golden["losses"], rel=1e-5)
+    model.eval()
+    (det,) = model(images, class_embeddings=classes)
+    assert det["scores"][:5].tolist() == pytest.approx(golden["scores_top5"], rel=1e-5)
+    assert det["labels"][:5].tolist() == golden["labels_top5"]
+    torch.testing.assert_close(det["boxes_xyxy_px"][:5], torch.tensor(golden["boxes_top5"]))
+    sums = det["masks"][:5].sum(dim=(1, 2, 3)).tolist()
+    assert sums == pytest.approx(golden["mask_sum_top5"], rel=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -422,3 +465,110 @@ def test_init_from_starts_with_another_runs_weights(
         assert status == 2, extra
         err = capsys.readouterr().err
         assert "--init-from" in err and message in err, err
+
+
+# ---------------------------------------------------------------------------------------------
+# Mask R-CNN* through the same command line (slow)
+
+RCNN_FLAGS = ["--arch", "mask-rcnn-star", *TINY_FLAGS, "--box-head-dim", "32"]
+RCNN_LOSSES = (
+    "loss_objectness", "loss_rpn_box_reg", "loss_cls", "loss_box_reg", "loss_mask",
+    "loss_image_labels",
+)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_short_mask_rcnn_star_run(shards: Shards, tmp_path: Path) -> None:
+    from models.meta_arch.mask_rcnn_star import MaskRCNNStar
+
+    run = tmp_path / "run"
+    argv = [*RCNN_FLAGS, "--shards", str(shards.coco), "--shards", str(shards.alps)]
+    assert main([*argv, "--steps", "2", "--output-dir", str(run)]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["arch"] == "mask-rcnn-star" and config["model"]["box_head_dim"] == 32
+    records = _metrics(run)
+    assert [r["source"] for r in records] == ["coco", "alp"]
+    for r in records:
+        assert all(math.isfinite(r[k]) for k in RCNN_LOSSES)
+        assert r["loss_total"] == pytest.approx(sum(r[k] for k in RCNN_LOSSES))
+    assert records[0]["loss_mask"] > 0 and records[1]["loss_mask"] == 0  # ALPs: no masks
+    assert records[1]["loss_rpn_box_reg"] > 0  # ALP boxes train the RPN
+    assert records[1]["loss_image_labels"] == 0
+    model, saved = load_model(run / "last.pt")
+    assert isinstance(model, MaskRCNNStar) and saved == config
+
+
+@pytest.mark.slow
+def test_alps_as_image_labels_train_only_the_image_label_loss(
+    shards: Shards, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    argv = [*RCNN_FLAGS, "--shards", str(shards.coco), "--shards", str(shards.alps),
+            "--alp-supervision", "image-labels"]  # fmt: skip
+    assert main([*argv, "--steps", "2", "--output-dir", str(run)]) == 0
+    coco, alp = _metrics(run)
+    assert coco["loss_image_labels"] == 0 and coco["loss_box_reg"] > 0
+    assert alp["loss_image_labels"] > 0
+    for key in ("loss_objectness", "loss_rpn_box_reg", "loss_cls", "loss_box_reg", "loss_mask"):
+        assert alp[key] == 0, key
+    # FCOS-MO has no image-label loss; and the setting needs ALP shards.
+    fcos = [*TINY_FLAGS, "--shards", str(shards.alps), "--alp-supervision", "image-labels"]
+    assert main([*fcos, "--output-dir", str(tmp_path / "fcos")]) == 2
+    assert "--arch fcos-mo learns from boxes only" in capsys.readouterr().err
+    coco_only = [
+        *RCNN_FLAGS, "--shards", str(shards.coco), "--text-encoder", "minilm",
+        "--alp-supervision", "image-labels", "--output-dir", str(tmp_path / "c"),
+    ]  # fmt: skip
+    assert main(coco_only) == 2
+    assert "no --shards source holds ALPs" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_resuming_a_mask_rcnn_star_run_gives_the_same_losses_and_weights(
+    shards: Shards, tmp_path: Path
+) -> None:
+    argv = [*RCNN_FLAGS, "--shards", str(shards.coco), "--shards", str(shards.alps),
+            "--pattern", "2", "1"]  # fmt: skip
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert main([*argv, "--output-dir", str(straight)]) == 0
+    assert main([*argv, "--output-dir", str(split), "--max-steps", "2"]) == 0
+    assert main([*argv, "--output-dir", str(split), "--resume", "auto"]) == 0
+    a, b = _metrics(straight), _metrics(split)
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    for ra, rb in zip(a[2:], b[2:], strict=True):
+        for key in ("lr", *RCNN_LOSSES, "source"):
+            assert ra[key] == pytest.approx(rb[key], abs=1e-6), (ra["step"], key)
+    final_a = load_checkpoint(straight / "last.pt")
+    final_b = load_checkpoint(split / "last.pt")
+    for key, value in final_a["model"].items():
+        assert torch.allclose(value.float(), final_b["model"][key].float(), atol=1e-6), key
+
+
+@pytest.mark.slow
+def test_checkpoints_of_another_architecture_are_refused(
+    shards: Shards, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    coco = ["--shards", str(shards.coco), "--text-encoder", "minilm"]
+    fcos = tmp_path / "fcos"
+    assert main([*TINY_FLAGS, *coco, "--steps", "1", "--output-dir", str(fcos)]) == 0
+    argv = [*RCNN_FLAGS, *coco, "--steps", "2"]
+    assert main([*argv, "--output-dir", str(tmp_path / "a"), "--init-from",
+                 str(fcos / "last.pt")]) == 2  # fmt: skip
+    assert "the checkpoint is of --arch fcos-mo, this run is --arch mask-rcnn-star" in (
+        capsys.readouterr().err
+    )
+    assert main([*argv, "--output-dir", str(fcos), "--resume", "auto"]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_backbone_weights_that_are_no_state_dict_are_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from models.engine.distributed import setup_distributed
+    from models.train import _build_model
+
+    bad = tmp_path / "weights.pth"
+    bad.write_text("not a state dict")
+    cfg = FCOSMOConfig(backbone="resnet_small", fpn_channels=16, backbone_weights=str(bad))
+    with pytest.raises(TrainError, match=r"weights\.pth.*not a torch state dict"):
+        _build_model(cfg, setup_distributed("cpu"), seed=0)

@@ -1,12 +1,11 @@
-"""The maths of FCOS-MO as free functions: locations, matching, targets, classifier, decoding.
+"""The maths of FCOS as free functions: locations, matching, regression targets, decoding.
 
 Everything here is pure tensor arithmetic, vectorised over all locations and ground-truth boxes
 of an image (no Python loop over either), and tested by hand in tests/models/test_fcos_mo.py.
 
 Naming convention: R = locations (all FPN levels of one image, P3 first, row-major within a
-level), M = ground-truth boxes, N = locations of a batch, C = candidate phrases or classes,
-D = embedding dimension. Boxes are (x0, y0, x1, y1) in input-image pixels; (l, t, r, b) are the
-distances from a location to the left, top, right and bottom edges.
+level), M = ground-truth boxes. Boxes are (x0, y0, x1, y1) in input-image pixels; (l, t, r, b)
+are the distances from a location to the left, top, right and bottom edges.
 """
 
 from __future__ import annotations
@@ -16,13 +15,10 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
     "centerness_targets",
-    "contrastive_logits",
-    "contrastive_loss",
     "decode_boxes",
     "fcos_match",
     "level_ranges",
@@ -49,7 +45,7 @@ def locations(
 
     The location (row i, column j) of a level with stride s sits at image pixel
     (j * s + s // 2, i * s + s // 2) (FCOS / detectron2), listed row-major, level after level,
-    the same order as the head outputs flattened by `models.fcos_mo`.
+    the same order as the head outputs flattened by `models.meta_arch.fcos_mo`.
     """
     points, point_strides, point_ranges = [], [], []
     for (h, w), s, bounds in zip(sizes, strides, ranges, strict=True):
@@ -119,32 +115,6 @@ def centerness_targets(ltrb: Tensor) -> Tensor:
         top_bottom.amin(dim=1) / top_bottom.amax(dim=1).clamp(min=1e-12)
     )
     return ratio.clamp(min=0).sqrt()
-
-
-def contrastive_logits(features: Tensor, embeddings: Tensor, tau: float) -> Tensor:
-    """Open-vocabulary logits (paper Sec. 3.2): (N, D) features, (C, D) phrases -> (N, 1 + C).
-
-    Column 0 is the background, whose embedding is the zero vector: its cosine, and so its logit,
-    is 0. Columns 1.. are cos(feature, phrase) / tau. Both sides are L2-normalised here, in
-    float32 (a temperature of 0.01 makes logits reach 100).
-    """
-    # Autocast would run the matmul in fp16 / bf16 whatever the inputs' dtype: off here.
-    with torch.autocast(features.device.type, enabled=False):
-        features = F.normalize(features.float(), dim=1)
-        embeddings = F.normalize(embeddings.float(), dim=1)
-        cosine = features @ embeddings.T  # (N, C)
-        return torch.cat([cosine.new_zeros(cosine.shape[0], 1), cosine / tau], dim=1)
-
-
-def contrastive_loss(logits: Tensor, labels: Tensor, background_alpha: float) -> Tensor:
-    """Per-location cross-entropy (N,) for (N, 1 + C) logits and int64 (N,) labels.
-
-    Label 0 is background; its -log p is multiplied by ``background_alpha`` (paper Sec. 3.2: most
-    locations are background and would dominate the loss otherwise).
-    """
-    loss = F.cross_entropy(logits, labels, reduction="none")  # (N,)
-    weight = torch.where(labels == 0, background_alpha, 1.0).to(loss.dtype)
-    return loss * weight
 
 
 def decode_boxes(points: Tensor, ltrb: Tensor) -> Tensor:

@@ -1,4 +1,4 @@
-"""FCOS-MO checkpoints: one ``torch.save`` dict per file, written atomically.
+"""Checkpoints of every detector: one ``torch.save`` dict per file, written atomically.
 
     save_checkpoint("runs/x/step_0005000.pt", model=model, optimizer=opt, scheduler=sched,
                     scaler=scaler, step=5000, config=config)
@@ -7,14 +7,15 @@
 A checkpoint is a dict:
 
 ============= ================================================================================
-``format``    ``"alp.fcos_mo.checkpoint"``; ``version``: ``CHECKPOINT_VERSION``
+``format``    ``"alp.models.checkpoint"``; ``version``: ``CHECKPOINT_VERSION``
 ``model``     the model's ``state_dict`` (unwrapped from DDP: no ``module.`` prefix)
 ``optimizer`` the optimiser's ``state_dict``, or None
 ``scheduler`` the learning-rate scheduler's ``state_dict``, or None
 ``scaler``    the AMP GradScaler's ``state_dict``, or None
 ``step``      optimiser steps taken (int)
-``config``    the resolved configuration: ``{"model": ModelConfig fields, "train": TrainConfig
-              fields, "text_encoder": encoder id of the phrase embeddings, ...}`` (JSON values)
+``config``    the resolved configuration: ``{"arch": architecture name, "model": its config's
+              fields, "train": TrainConfig fields, "text_encoder": encoder id of the phrase
+              embeddings, ...}`` (JSON values)
 ``rng``       the random generators of the saving process: python, numpy, torch, cuda
 ``extra``     anything else the caller saved (training: the position in the data stream)
 ============= ================================================================================
@@ -22,6 +23,12 @@ A checkpoint is a dict:
 Everything in it is a tensor or a plain Python value, so it loads with
 ``torch.load(weights_only=True)``: opening a checkpoint never runs code from the file.
 ``config.json`` beside the checkpoint holds the same ``config`` for people and other tools.
+
+Older formats load too: `load_checkpoint` upgrades them in memory to the current one.
+
+- ``"alp.fcos_mo.checkpoint"`` version 1 (FCOS-MO before the library held several detectors):
+  no ``config["arch"]`` (it is ``fcos-mo``), and the classifier's projection was
+  ``head.cls_embed`` (now ``head.classifier.projection``).
 """
 
 from __future__ import annotations
@@ -41,10 +48,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.config import ModelConfig, build_model, config_from_dict
+from models.architectures import build_model, get_architecture
+from models.fields import config_from_dict
 
 if TYPE_CHECKING:
-    from models.fcos_mo import FCOSMO
+    from models.meta_arch.base import Detector
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -61,8 +69,9 @@ __all__ = [
     "write_config_json",
 ]
 
-CHECKPOINT_FORMAT = "alp.fcos_mo.checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_FORMAT = "alp.models.checkpoint"
+CHECKPOINT_VERSION = 2
+LEGACY_FCOS_MO_FORMAT = "alp.fcos_mo.checkpoint"  # version 1, FCOS-MO only
 CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "step", "config", "rng")
 CONFIG_NAME = "config.json"
 
@@ -196,7 +205,8 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
     """Read a checkpoint written by `save_checkpoint`.
 
     Raises FileNotFoundError for a missing file, and ValueError naming the file when it is not
-    a readable torch file (truncated, corrupt, pickled code) or not an FCOS-MO checkpoint.
+    a readable torch file (truncated, corrupt, pickled code) or not a checkpoint of this
+    library. Older formats come back upgraded (module doc).
     """
     path = Path(path)
     if not path.is_file():
@@ -208,15 +218,18 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
             f"checkpoint {path}: cannot be read as a torch checkpoint "
             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
         ) from exc
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+    formats = (CHECKPOINT_FORMAT, LEGACY_FCOS_MO_FORMAT)
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") not in formats:
         found = sorted(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint)
         raise ValueError(
-            f"checkpoint {path}: not an FCOS-MO checkpoint (expected a dict with format "
+            f"checkpoint {path}: not a detector checkpoint (expected a dict with format "
             f"{CHECKPOINT_FORMAT!r}, found {found})"
         )
     missing = [k for k in CHECKPOINT_KEYS if k not in checkpoint]
     if missing:
         raise ValueError(f"checkpoint {path}: missing entries {missing}")
+    if checkpoint["format"] == LEGACY_FCOS_MO_FORMAT:
+        return _upgrade_fcos_mo_v1(checkpoint)
     if checkpoint.get("version", 0) > CHECKPOINT_VERSION:
         raise ValueError(
             f"checkpoint {path}: version {checkpoint['version']} is newer than this code "
@@ -225,21 +238,49 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
     return checkpoint
 
 
+# Version-1 FCOS-MO parameter names -> today's (the classifier became a shared part).
+_FCOS_MO_V1_RENAMES = {"head.cls_embed.": "head.classifier.projection."}
+
+
+def _upgrade_fcos_mo_v1(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """An ``alp.fcos_mo.checkpoint`` (version 1) in today's format (module doc). The optimiser
+    state indexes parameters by position, which the rename leaves as they were."""
+
+    def renamed(key: str) -> str:
+        for old, new in _FCOS_MO_V1_RENAMES.items():
+            if key.startswith(old):
+                return new + key[len(old) :]
+        return key
+
+    config = {"arch": "fcos-mo", **checkpoint["config"]}
+    state = {renamed(k): v for k, v in checkpoint["model"].items()}
+    return {
+        **checkpoint,
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "model": state,
+        "config": config,
+    }
+
+
 def load_model(
     path: str | os.PathLike[str], map_location: Any = "cpu"
-) -> tuple[FCOSMO, dict[str, Any]]:
-    """The FCOS-MO model of a checkpoint, weights loaded, in eval mode; and its config dict
-    (``{"model": ..., "train": ..., "text_encoder": ..., ...}``). Errors as `load_checkpoint`;
-    ValueError naming the file when the config or the weights do not fit the model.
+) -> tuple[Detector, dict[str, Any]]:
+    """The detector of a checkpoint (its ``config["arch"]``), weights loaded, in eval mode; and
+    its config dict (``{"arch": ..., "model": ..., "train": ..., "text_encoder": ...}``). Errors
+    as `load_checkpoint`; ValueError naming the file when the config or the weights do not fit.
 
     The backbone is built without ``backbone_weights`` (the checkpoint holds every weight; the
     file it started from need not exist where the model is loaded)."""
     checkpoint = load_checkpoint(path, map_location=map_location)
     config = checkpoint["config"]
     try:
-        model_cfg = config_from_dict(ModelConfig, config["model"], where=f"{path}: config.model")
+        arch = get_architecture(config["arch"])
+        model_cfg = config_from_dict(arch.config, config["model"], where=f"{path}: config.model")
     except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"checkpoint {path}: config['model'] is unusable: {exc}") from exc
+        raise ValueError(
+            f"checkpoint {path}: config['arch'] / config['model'] is unusable: {exc}"
+        ) from exc
     model = build_model(dataclasses.replace(model_cfg, backbone_weights=None))
     try:
         model.load_state_dict(checkpoint["model"])

@@ -1,21 +1,42 @@
-"""Class-agnostic mask heads on RoI-aligned features: (K, C_in, S, S) -> (K, 1, 2S, 2S) logits.
+"""Class-agnostic mask heads on RoI-aligned features: (K, C_in, S, S) -> (K, 1, 2S, 2S) logits,
+and how the detectors train and apply them.
 
-- `Hourglass20`: the deep mask head of Deep-MARC (Birodkar et al.) that FCOS-MO uses (paper
-  Sec. 3.2 "Mask head"): one hourglass of residual blocks, trained on ground-truth boxes only.
+- `Hourglass20`: the deep mask head of Deep-MARC (Birodkar et al.) that FCOS-MO and Mask R-CNN*
+  use (ALP paper Sec. 3.2 "Mask head", Sec. 4 change (2)): one hourglass of residual blocks.
 - `Conv4MaskHead`: Mask R-CNN's default head (4 conv3x3 + ReLU), the ablation of paper Tab. 5.
 
 Both end like Mask R-CNN's predictor: a 2x2 transposed conv with stride 2 + ReLU, then a 1x1
 conv to one logit map. Heads take any number of RoIs, none included (a (0, C, S, S) input gives
 a (0, 1, 2S, 2S) output whose sum still reaches every parameter with a zero gradient).
+
+Both detectors train the head on ground-truth boxes only (Deep-MARC's recipe, Sec. 3.2: no
+proposals involved), `mask_loss`, and run it on their final boxes at inference, `predict_masks`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import alp_curation.torchvision_fix  # noqa: F401
+
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from models.backbone import make_norm
+from models.choices import MASK_HEADS
+from models.ops import multilevel_roi_align, roi_align, zero_weighted
+from models.targets import Targets
 
-__all__ = ["Conv4MaskHead", "Hourglass20", "build_mask_head"]
+__all__ = [
+    "Conv4MaskHead",
+    "Hourglass20",
+    "build_mask_head",
+    "mask_loss",
+    "mask_targets",
+    "predict_masks",
+]
 
 
 class _ConvNorm(nn.Sequential):
@@ -163,4 +184,67 @@ def build_mask_head(kind: str, in_channels: int, channels: int) -> nn.Module:
         return Hourglass20(in_channels, channels)
     if kind == "conv4":
         return Conv4MaskHead(in_channels, channels)
-    raise ValueError(f"mask_head: expected 'hourglass20' or 'conv4', got {kind!r}")
+    raise ValueError(f"mask_head: expected one of {MASK_HEADS}, got {kind!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Training on ground-truth boxes, inference on detections
+
+
+def mask_targets(masks: Tensor, boxes: Tensor, size: int) -> Tensor:
+    """Binary (k, 1, size, size) targets: each (H, W) mask RoI-aligned by its own box and
+    thresholded at 0.5 (one grid_sample call for the image's k masks)."""
+    index = torch.arange(len(boxes), device=boxes.device)
+    return roi_align(masks[:, None].float(), boxes, index, size, 1.0) >= 0.5
+
+
+def mask_loss(
+    head: nn.Module,
+    features: Sequence[Tensor],
+    strides: Sequence[int],
+    targets: Targets,
+    *,
+    roi_size: int,
+    levels: tuple[int, int],
+) -> Tensor:
+    """Mean binary cross-entropy of ``head`` on the ground-truth boxes that have masks, against
+    the masks RoI-aligned to the head's 2S x 2S output (S = ``roi_size``). The RoI features come
+    from the FPN level each box's size picks, within ``levels`` (min, max). Without masks in the
+    batch: a zero that keeps the head in the graph."""
+    rois = multilevel_roi_align(
+        features, targets.mask_boxes, targets.mask_batch, roi_size, strides,
+        min_level=levels[0], max_level=levels[1],
+    )  # fmt: skip  # (K, C, S, S)
+    logits = head(rois)  # (K, 1, 2S, 2S)
+    if logits.shape[0] == 0:
+        return zero_weighted(logits)
+    gt = torch.cat([mask_targets(masks, boxes, 2 * roi_size) for masks, boxes in targets.masks])
+    return F.binary_cross_entropy_with_logits(logits.float(), gt.float())
+
+
+def predict_masks(
+    head: nn.Module,
+    features: Sequence[Tensor],
+    strides: Sequence[int],
+    detections: list[dict[str, Tensor]],
+    image_size: tuple[int, int],
+    *,
+    roi_size: int,
+    levels: tuple[int, int],
+) -> None:
+    """Run ``head`` on the ``boxes_xyxy_px`` of every image's detections at once and add
+    ``masks``: float32 (k, 1, H, W) probabilities pasted into the (H, W) image."""
+    boxes = torch.cat([d["boxes_xyxy_px"] for d in detections])  # (K, 4)
+    batch = torch.cat(
+        [
+            torch.full((len(d["boxes_xyxy_px"]),), b, dtype=torch.long, device=boxes.device)
+            for b, d in enumerate(detections)
+        ]
+    )  # (K,)
+    rois = multilevel_roi_align(
+        features, boxes, batch, roi_size, strides, min_level=levels[0], max_level=levels[1]
+    )
+    probs = head(rois).sigmoid().float()  # (K, 1, 2S, 2S)
+    counts = [len(d["boxes_xyxy_px"]) for d in detections]
+    for d, mask in zip(detections, probs.split(counts), strict=True):
+        d["masks"] = paste_masks_in_image(mask, d["boxes_xyxy_px"], image_size)  # (k, 1, H, W)
