@@ -99,6 +99,27 @@ def _torchvision_ops_available() -> bool:
     return hasattr(torch.ops.torchvision, "nms")
 
 
+_NMS_BLOCK = 512  # boxes resolved together: a (block, block) IoU matrix at a time
+
+
+def _iou_above(
+    earlier: torch.Tensor,
+    later: torch.Tensor,
+    areas_earlier: torch.Tensor,
+    areas_later: torch.Tensor,
+    threshold: float,
+) -> torch.Tensor:
+    """(E, L) bool: IoU(earlier[e], later[l]) > threshold, with the kernel's exact arithmetic
+    (intersection = width * height, union = area of the earlier box + area of the later one -
+    intersection)."""
+    a, b = earlier[:, None], later[None, :]  # (E, 1, 4), (1, L, 4)
+    width = torch.minimum(a[..., 2], b[..., 2]) - torch.maximum(a[..., 0], b[..., 0])
+    height = torch.minimum(a[..., 3], b[..., 3]) - torch.maximum(a[..., 1], b[..., 1])
+    width, height = width.clamp(min=0), height.clamp(min=0)  # (E, L) each
+    inter = width * height  # (E, L)
+    return inter / (areas_earlier[:, None] + areas_later[None, :] - inter) > threshold
+
+
 def nms_reference_kernel(
     dets: torch.Tensor, scores: torch.Tensor, iou_threshold: float
 ) -> torch.Tensor:
@@ -106,7 +127,12 @@ def nms_reference_kernel(
 
     Boxes are (x1, y1, x2, y2); visit them by decreasing score (stable sort, as torchvision does)
     and keep a box unless a kept box overlaps it with IoU > ``iou_threshold``. Returns int64
-    indices into ``dets``, by decreasing score. Memory is O(N): one row of IoUs per kept box.
+    indices into ``dets``, by decreasing score.
+
+    Vectorised in blocks of ``_NMS_BLOCK`` boxes in visiting order, with the decisions of the
+    box-by-box loop: a block's boxes are first checked against every box kept before it (one
+    IoU matrix), then the greedy pass inside the block walks a precomputed bool matrix of its
+    overlaps, one numpy row operation per kept box. Memory is O(N x block).
     """
     if dets.dim() != 2 or dets.size(1) != 4:
         raise RuntimeError(f"nms: boxes should have shape (N, 4), got {tuple(dets.shape)}")
@@ -121,19 +147,22 @@ def nms_reference_kernel(
     order = torch.sort(scores, descending=True, stable=True).indices
     boxes = dets[order]  # (N, 4), in visiting order
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    suppressed = torch.zeros(order.numel(), dtype=torch.bool, device=dets.device)
-    keep: list[int] = []
-    for i in range(order.numel()):
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        rest = boxes[i + 1 :]  # (R, 4): only later boxes can still be suppressed by box i
-        top_left = torch.maximum(boxes[i, :2], rest[:, :2])  # (R, 2)
-        bottom_right = torch.minimum(boxes[i, 2:], rest[:, 2:])  # (R, 2)
-        inter = (bottom_right - top_left).clamp(min=0).prod(dim=1)  # (R,)
-        iou = inter / (areas[i] + areas[i + 1 :] - inter)
-        suppressed[i + 1 :] |= iou > iou_threshold
-    return order[torch.tensor(keep, dtype=torch.long, device=dets.device)]
+    kept_boxes, kept_areas = boxes[:0], areas[:0]
+    kept: list[torch.Tensor] = []
+    for start in range(0, boxes.size(0), _NMS_BLOCK):
+        block, block_areas = boxes[start : start + _NMS_BLOCK], areas[start : start + _NMS_BLOCK]
+        alive = ~_iou_above(kept_boxes, block, kept_areas, block_areas, iou_threshold).any(dim=0)
+        # overlaps[j, i]: boxes j and i of the block overlap above the threshold.
+        overlaps = _iou_above(block, block, block_areas, block_areas, iou_threshold).cpu().numpy()
+        decided = alive.cpu().numpy().copy()
+        for i in range(len(decided)):  # greedy: a kept box suppresses the later ones it overlaps
+            if decided[i]:
+                decided[i + 1 :] &= ~overlaps[i, i + 1 :]
+        keep = torch.from_numpy(decided).to(alive.device)
+        kept.append(start + keep.nonzero().squeeze(1))
+        kept_boxes = torch.cat([kept_boxes, block[keep]])
+        kept_areas = torch.cat([kept_areas, block_areas[keep]])
+    return order[torch.cat(kept)]
 
 
 def _register_kernels() -> None:

@@ -374,7 +374,15 @@ _SMALL = {
 }
 _SMALL_BY_ARCH = {
     "fcos-mo": {**_SMALL, "head_norm": "GN"},
-    "mask-rcnn-star": {**_SMALL, "box_head_dim": 256},
+    # A 128-px image has 4,092 anchors and a few objects: 1,000 proposals and 128 sampled RoIs
+    # per image (instead of 2,000 and 512) keep the RPN's NMS and the box head in proportion.
+    "mask-rcnn-star": {
+        **_SMALL,
+        "box_head_dim": 256,
+        "rpn_pre_nms_topk_train": 1000,
+        "rpn_post_nms_topk_train": 1000,
+        "roi_batch_size": 128,
+    },
 }
 
 MODEL_PRESETS: Mapping[str, Mapping[str, Mapping[str, Any]]] = types.MappingProxyType(

@@ -83,6 +83,9 @@ def roi_align(
     )
     side = output_size * sampling_ratio
     batch_index = batch_index.long()
+    # Points more than a pixel outside the map read 0; when none is (the usual case), the mask
+    # would multiply every sample by 1.
+    all_valid = bool(valid.all())
     valid = valid.to(features.dtype)
     if num_boxes == features.shape[0] and torch.equal(
         batch_index, torch.arange(num_boxes, device=batch_index.device)
@@ -91,7 +94,9 @@ def roi_align(
         samples = F.grid_sample(
             features, grid, mode="bilinear", padding_mode="border", align_corners=True
         )  # (K, C, G, G)
-        return _pool(samples * valid[:, None], sampling_ratio)  # (K, C, S, S)
+        if not all_valid:
+            samples = samples * valid[:, None]
+        return _pool(samples, sampling_ratio)  # (K, C, S, S)
     pooled = features.new_empty(num_boxes, channels, output_size, output_size)
     for image in torch.unique(batch_index).tolist():
         rows = (batch_index == image).nonzero().squeeze(1)
@@ -104,7 +109,8 @@ def roi_align(
             padding_mode="border",
             align_corners=True,
         )  # (1, C, k * G, G)
-        samples = samples * valid[rows].reshape(1, 1, k * side, side)
+        if not all_valid:
+            samples = samples * valid[rows].reshape(1, 1, k * side, side)
         out = _pool(samples, sampling_ratio)  # (1, C, k * S, S)
         out = out.reshape(channels, k, output_size, output_size).transpose(0, 1)  # (k, C, S, S)
         pooled.index_copy_(0, rows, out)

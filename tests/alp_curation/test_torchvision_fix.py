@@ -218,6 +218,16 @@ def test_kernel_matches_brute_force_with_tied_scores(seed: int) -> None:
     assert kept.tolist() == brute_force_nms(boxes, scores, 0.4)
 
 
+@pytest.mark.parametrize(("n", "threshold"), [(1100, 0.5), (1600, 0.7)])
+def test_kernel_matches_brute_force_across_blocks(n: int, threshold: float) -> None:
+    # More boxes than one block of the vectorised pass (512): kept boxes of earlier blocks must
+    # suppress later ones exactly as the box-by-box definition does.
+    rng = np.random.default_rng(n)
+    boxes, scores = random_boxes(rng, n)
+    kept = nms_reference_kernel(torch.from_numpy(boxes), torch.from_numpy(scores), threshold)
+    assert kept.tolist() == brute_force_nms(boxes, scores, threshold)
+
+
 def test_kernel_edge_cases() -> None:
     empty = nms_reference_kernel(torch.zeros(0, 4), torch.zeros(0), 0.5)
     assert empty.shape == (0,) and empty.dtype == torch.long

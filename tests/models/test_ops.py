@@ -119,6 +119,8 @@ def test_multilevel_roi_align_needs_every_level() -> None:
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit inside torchvision's path
 def test_roi_align_matches_torchvision() -> None:
     # torchvision's pure-Python roi_align compiles on its first CPU call (tens of seconds).
+    import alp_curation.torchvision_fix  # noqa: F401  (makes torchvision importable)
+
     from torchvision.ops import roi_align as tv_roi_align
 
     torch.manual_seed(0)
