@@ -67,6 +67,7 @@ from models.engine.resume import (
     check_resumable,
     keep_metrics_until,
     load_initial_weights,
+    readable_alternative,
     resume_path,
 )
 from models.engine.schedule import build_optimizer, build_scheduler
@@ -297,8 +298,9 @@ def _train(model_cfg: DetectorConfig, train_cfg: TrainConfig, env: Distributed) 
     if resume is not None:
         try:
             checkpoint = load_checkpoint(resume)
-        except ValueError as exc:
-            raise TrainError(f"--resume: {exc}") from exc
+        except ValueError as exc:  # e.g. truncated by a full disk
+            hint = readable_alternative(out, resume)
+            raise TrainError(f"--resume: {exc}{hint}") from exc
         check_resumable(checkpoint["config"], config, resume)
         if checkpoint["step"] >= train_cfg.last_step:
             if env.leader:

@@ -29,6 +29,7 @@ __all__ = [
     "check_resumable",
     "keep_metrics_until",
     "load_initial_weights",
+    "readable_alternative",
     "resume_path",
 ]
 
@@ -54,6 +55,21 @@ def resume_path(train_cfg: TrainConfig, out: Path) -> Path | None:
             "run, or choose another folder"
         )
     return None
+
+
+def readable_alternative(out: Path, broken: Path) -> str:
+    """For the error about an unreadable checkpoint: the newest other ``step_N.pt`` of ``out``
+    that reads, as a hint to resume from it (or that none does)."""
+    candidates = sorted(out.glob("step_*.pt"), reverse=True)  # zero-padded: newest first
+    for candidate in candidates:
+        if candidate.resolve() == broken.resolve():
+            continue
+        try:
+            load_checkpoint(candidate)
+        except ValueError:
+            continue
+        return f"; {candidate} can be read: resume from it with --resume {candidate}"
+    return f"; no other checkpoint in {out} can be read" if candidates else ""
 
 
 def _saved_arch(saved: Mapping[str, Any]) -> str:

@@ -21,6 +21,7 @@ __all__ = [
     "centerness_targets",
     "decode_boxes",
     "fcos_match",
+    "flatten_levels",
     "level_ranges",
     "locations",
     "regression_targets",
@@ -56,6 +57,12 @@ def locations(
         point_strides.append(torch.full((h * w,), float(s), device=device))
         point_ranges.append(torch.tensor(bounds, device=device).expand(h * w, 2))
     return torch.cat(points), torch.cat(point_strides), torch.cat(point_ranges)
+
+
+def flatten_levels(maps: Sequence[Tensor]) -> Tensor:
+    """Per-level (B, X, h, w) head maps -> (B, R, X): levels concatenated, row-major within one,
+    the order of `locations`."""
+    return torch.cat([m.flatten(2).transpose(1, 2) for m in maps], dim=1)  # (B, R, X)
 
 
 def regression_targets(points: Tensor, boxes: Tensor) -> Tensor:

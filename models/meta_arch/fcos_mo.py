@@ -34,6 +34,7 @@ from models.heads.fcos_targets import (
     centerness_targets,
     decode_boxes,
     fcos_match,
+    flatten_levels,
     level_ranges,
     locations,
     regression_targets,
@@ -47,11 +48,6 @@ from models.targets import gather_targets
 __all__ = ["FCOSMO"]
 
 MASK_LEVELS = (3, 5)  # RoI features for the mask head come from P3..P5
-
-
-def _flatten(maps: list[Tensor]) -> Tensor:
-    """Per-level (B, X, h, w) maps -> (B, R, X), levels concatenated, row-major within one."""
-    return torch.cat([m.flatten(2).transpose(1, 2) for m in maps], dim=1)  # (B, R, X)
 
 
 class FCOSMO(Detector):
@@ -151,7 +147,9 @@ class FCOSMO(Detector):
     def classifier(self) -> OpenVocabClassifier:
         return self.head.classifier
 
-    def _locations(self, maps: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    def level_locations(self, maps: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """Points (R, 2), strides (R,) and size ranges (R, 2) of the locations of the head's
+        per-level ``maps``, in the order `flatten_levels` lists them."""
         sizes = [(m.shape[-2], m.shape[-1]) for m in maps]
         return locations(sizes, self.strides, self.ranges, device=maps[0].device)
 
@@ -167,7 +165,7 @@ class FCOSMO(Detector):
             )
         features = self.backbone(images)
         embeds, regs, centers = self.head(features)
-        points, strides, ranges = self._locations(embeds)
+        points, strides, ranges = self.level_locations(embeds)
         num_locations = points.shape[0]
 
         # Match each image's locations to its own boxes; indices become batch-global.
@@ -182,7 +180,7 @@ class FCOSMO(Detector):
         normaliser = num_positive.clamp(min=1.0)
 
         # Classification (Sec. 3.2): candidates = [background] + unique phrases of the batch.
-        embed_flat = _flatten(embeds).flatten(0, 1)  # (N, D)
+        embed_flat = flatten_levels(embeds).flatten(0, 1)  # (N, D)
         _, inverse, candidates = phrase_candidates(gt.phrase_ids, gt.text_embeddings)
         labels = torch.zeros_like(gt_index)
         labels[positive] = inverse[matched] + 1
@@ -194,7 +192,7 @@ class FCOSMO(Detector):
         ltrb_target = regression_targets(points[location], gt.boxes[matched])
         ltrb_target = ltrb_target / strides[location, None]  # (P, 4)
         center_target = centerness_targets(ltrb_target)  # (P,)
-        reg_flat = _flatten(regs).flatten(0, 1)  # (N, 4)
+        reg_flat = flatten_levels(regs).flatten(0, 1)  # (N, 4)
         regress = ~gt.is_alp[matched]  # (P,)
         pred_ltrb = reg_flat[positive][regress].float()
         weights = center_target[regress]
@@ -207,7 +205,7 @@ class FCOSMO(Detector):
         loss_box = (giou * weights).sum() / weight_sum + zero_weighted(reg_flat)
 
         if self.use_centerness:
-            center_flat = _flatten(centers).flatten()  # (N,)
+            center_flat = flatten_levels(centers).flatten()  # (N,)
             loss_centerness = F.binary_cross_entropy_with_logits(
                 center_flat[positive].float(), center_target, reduction="sum"
             ) / normaliser + zero_weighted(center_flat)
@@ -233,10 +231,10 @@ class FCOSMO(Detector):
     ) -> list[dict[str, Tensor]]:
         features = self.backbone(images)
         embeds, regs, centers = self.head(features)
-        points, strides, _ = self._locations(embeds)
+        points, strides, _ = self.level_locations(embeds)
         counts = [e.shape[-2] * e.shape[-1] for e in embeds]  # locations per level
-        embed_flat, reg_flat = _flatten(embeds), _flatten(regs)  # (B, R, D), (B, R, 4)
-        center_flat = _flatten(centers)[..., 0].sigmoid() if centers else None  # (B, R)
+        embed_flat, reg_flat = flatten_levels(embeds), flatten_levels(regs)  # (B, R, D), (B, R, 4)
+        center_flat = flatten_levels(centers)[..., 0].sigmoid() if centers else None  # (B, R)
         num_classes = max(1, class_embeddings.shape[0])  # no classes: no candidates either
         height, width = image_size
         detections = []

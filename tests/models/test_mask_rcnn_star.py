@@ -4,15 +4,13 @@ second stage and the image labels, the RPN on unannotated images, inference, and
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import alp_curation.torchvision_fix  # noqa: F401  (before any torchvision import)
 
 import pytest
 import torch
 from torch import nn
-from torchvision.ops import box_iou
 
 from models.meta_arch.mask_rcnn_star import MaskRCNNStar
 from models.targets import gather_targets
@@ -23,14 +21,6 @@ LOSS_KEYS = {
     "loss_image_labels",
 }  # fmt: skip
 OUTPUT_KEYS = {"boxes_xyxy_px", "scores", "labels", "masks"}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _tiny(**kwargs: object) -> MaskRCNNStar:
@@ -304,40 +294,8 @@ def test_scores_are_the_geometric_mean_with_objectness() -> None:
 
 
 @pytest.mark.slow
-def test_overfits_one_image() -> None:
-    # A white square ("phrase 5") and a red one ("phrase 6") on a dark background.
-    model = _tiny()
-    image = torch.full((1, 3, 128, 128), 30, dtype=torch.uint8)
-    image[:, :, 40:88, 24:72] = 220
-    image[:, 0, 8:40, 88:120] = 220
-    target = _target([[24, 40, 72, 88], [88, 8, 120, 40]], kind="coco", phrase_ids=[5, 6])
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    start, totals = time.perf_counter(), []
-    model.train()
-    for _ in range(80):
-        losses = model(image, [target])
-        total = sum(losses.values())
-        optimizer.zero_grad()
-        total.backward()
-        optimizer.step()
-        totals.append(total.item())
-    elapsed = time.perf_counter() - start
-    print(
-        f"overfit: total {totals[0]:.3f} -> {totals[-1]:.3f} in {elapsed:.1f} s; last",
-        {k: round(v.item(), 4) for k, v in losses.items()},
-    )
-    assert totals[-1] < 0.5 * totals[0], totals
-    model.eval()
-    # Class order swapped: label 0 is the red square's phrase, label 1 the white one's.
-    out = model(image, class_embeddings=target["text_embeddings"].flip(0))[0]
-    iou = box_iou(out["boxes_xyxy_px"], target["boxes_xyxy_px"])  # (K, 2)
-    top = out["scores"].argmax()
-    assert iou[top].max() > 0.5
-    for gt, label in ((0, 1), (1, 0)):
-        hits = (iou[:, gt] > 0.5).nonzero().squeeze(1)
-        assert hits.numel() > 0, f"no detection of box {gt}"
-        best = hits[out["scores"][hits].argmax()]
-        assert out["labels"][best] == label
-        mask = out["masks"][best, 0] > 0.5
-        truth = target["masks"][gt]
-        assert (mask & truth).sum() / (mask | truth).sum() > 0.5
+def test_overfits_one_image(overfit_one_image: Callable[..., None]) -> None:
+    def target(boxes: list[list[float]], phrase_ids: list[int]) -> dict:
+        return _target(boxes, kind="coco", phrase_ids=phrase_ids)
+
+    overfit_one_image(_tiny(), target, 80)
