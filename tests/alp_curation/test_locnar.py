@@ -156,7 +156,7 @@ REASON_CASES = [
     (_VALID[:-7], "json_decode", "", ""),
     ("[1, 2]", "not_an_object", "", ""),
     (_mutate(("caption",), _DELETE), "missing_field", "caption", "open_images/abc/7"),
-    (_mutate(("annotator_id",), "7"), "wrong_type", "annotator_id", ""),
+    (_mutate(("annotator_id",), "7"), "wrong_type", "annotator_id", "open_images/abc"),
     (_mutate(("image_id",), ""), "empty_field", "image_id", ""),
     (
         _mutate(("timed_caption", 1, "end_time"), float("nan")),
