@@ -177,10 +177,10 @@ class CheckedReader(io.RawIOBase):
         if not data:
             self._at_end = True
             if self._streams == 0:
-                self._damaged(f"holds no {self.compression} stream ({self._fed} bytes)", self._fed)
+                self._damaged(f"no {self.compression} stream in it ({self._fed} bytes)", self._fed)
             elif self._decoder is not None:
                 self._damaged(
-                    f"is cut short: it ends at byte {self._fed} inside {self.compression} stream "
+                    f"cut short: it ends at byte {self._fed} inside {self.compression} stream "
                     f"{self._streams}, before its end-of-stream marker",
                     self._fed,
                 )
@@ -232,7 +232,7 @@ class CheckedReader(io.RawIOBase):
             if "check" in str(exc):  # zlib's CRC-32 / Adler-32 / length check at a stream's end
                 note = "; the check at the end of the stream failed: bytes before may be damaged"
             self._damaged(
-                f"is corrupt {where} ({self.compression} stream {self._streams}): {exc}{note}",
+                f"corrupt {where} ({self.compression} stream {self._streams}): {exc}{note}",
                 offset,
             )
             return decoded
