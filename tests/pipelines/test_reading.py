@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 from alp_curation.streams import BOM
 from pipelines import manifest as m
 from pipelines.elements import DeadLetter, SourcedRecord
+from pipelines.io import RawLine
 from pipelines.transforms import DEAD_LETTERS, ParseLineFn, ParseRecords, ReadLinesFn, ReadLocNar
 
 MAX_LINE = 1 << 20
@@ -209,3 +210,13 @@ def test_lines_in_equal_records_plus_dead_letters_plus_blank_lines(
     else:
         expected = lines_in(data.removeprefix(BOM))
         assert came_out == expected
+
+
+def test_an_annotator_id_out_of_range_names_its_record() -> None:
+    line = record(1).replace(b'"annotator_id": 1', b'"annotator_id": ' + b"9" * 30)
+    _, dead, _ = split_outputs(
+        ParseLineFn(MAX_LINE).process(RawLine("f.jsonl", 4, line, len(line)))
+    )
+    (letter,) = dead
+    assert (letter.reason, letter.field) == ("out_of_range", "annotator_id")
+    assert letter.record_key == "d/img1/" + "9" * 30
