@@ -625,6 +625,8 @@ def test_segmentation_to_rle_merges_polygons_and_names_what_is_wrong() -> None:
         ([[1, 2, "3", 4, 5, 6]], "segmentation[0]", "finite numbers"),
         ([[1, 2, 3, 4]], "segmentation", "3 or more points"),
         ([[0, 0, 5, 0, 10, 0]], "segmentation", "empty"),  # a flat polygon covers nothing
+        ([[0, 0, 1e9, 0, 1e9, 1e9]], "segmentation[0]", "beyond"),  # crashed pycocotools
+        ([[0, 0, 5, -21, 5, 5]], "segmentation[0]", r"y coordinates span \[-21, 5\]"),
         ({"size": [20, 31], "counts": [600]}, "segmentation.size", "differs"),
         ({"size": [20, 30], "counts": [5, 10]}, "segmentation.counts", "runs cover 15"),
         ({"size": [20, 30], "counts": "Q"}, "segmentation.counts", "ends inside"),
