@@ -49,8 +49,8 @@ from alp_dataset.coco_shards import (
     manifest_problems,
 )
 from alp_dataset.schema import ALPS_DIR, DEAD_LETTERS_DIR, PHRASES_DIR, SHARDS_DIR
+from pipelines import launcher, writers
 from pipelines import manifest as m
-from pipelines import writers
 from pipelines.coco import (
     NOT_SELECTED,
     AnnotationEntry,
@@ -72,14 +72,6 @@ from pipelines.io import (
     open_raw,
     prepare_output,
     read_input,
-)
-from pipelines.launcher import (
-    EXIT_FAILED,
-    UsageError,
-    dead_letter_verdict,
-    execute,
-    parse_args,
-    usage_error,
 )
 from pipelines.options import (
     add_dead_letter_limit_flag,
@@ -475,9 +467,9 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> i
     """Run the pipeline; returns the exit status (pipelines.launcher: 0 when the run completed)."""
     parser = build_parser()
     try:
-        args, options = parse_args(parser, argv, PROG)
-    except UsageError as exc:
-        return usage_error(exc)
+        args, options = launcher.parse_args(parser, argv, PROG)
+    except launcher.UsageError as exc:
+        return launcher.usage_error(exc)
     if args.instances is None or args.images is None or args.output is None:
         parser.error("--instances, --images and --output are required")
     try:
@@ -506,14 +498,14 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> i
             foreign_kind="an ALP curation run",
         )
     except (OSError, StreamDamaged, CocoFormatError, OutputExists, ValueError) as exc:
-        return usage_error(exc)
+        return launcher.usage_error(exc)
     about = {
         "alp_version": alp_version(),
         "options": build_options(args),
         "inputs": [{"path": matched[0].path, "size_bytes": size}],
         "classes": selection.to_json(),
     }
-    finished = execute(
+    finished = launcher.execute(
         lambda p: build_pipeline(p, args, categories, selection, about),
         options,
         runner=args.runner,
@@ -521,12 +513,12 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> i
         save_main_session=save_main_session,
     )
     if finished is None:
-        return EXIT_FAILED
+        return launcher.EXIT_FAILED
     manifest = finished.manifest
     print(format_summary(manifest, out_dir=args.output, seconds=finished.seconds))
     c = manifest["counts"]
     entries = c["images"]["total"] + c["annotations"]["total"] - c["annotations"]["not_selected"]
-    warnings, status = dead_letter_verdict(
+    return launcher.report_dead_letters(
         entries,
         c["dead_letters"]["total"],
         unit="entries (images, and annotations of kept classes)",
@@ -538,9 +530,6 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> i
             else []
         ),
     )
-    for line in warnings:
-        print(line, file=sys.stderr)
-    return status
 
 
 if __name__ == "__main__":

@@ -36,8 +36,8 @@ from alp_curation.curate import DEFAULT_TEMPORAL_PADDING
 from alp_curation.embedding_cache import EmbeddingCache, EmbeddingCacheError
 from alp_curation.encoders import EncoderUnavailable
 from alp_curation.tagging import DEFAULT_MODEL, ModelUnavailable
+from pipelines import launcher, writers
 from pipelines import manifest as m
-from pipelines import writers
 from pipelines.input_kinds import COCO_INSTANCES, HEAD_BYTES, LOCNAR_JSONL, kind_of
 from pipelines.io import (
     BeamStorage,
@@ -46,14 +46,6 @@ from pipelines.io import (
     match_inputs,
     prepare_output,
     read_head,
-)
-from pipelines.launcher import (
-    EXIT_FAILED,
-    UsageError,
-    dead_letter_verdict,
-    execute,
-    parse_args,
-    usage_error,
 )
 from pipelines.options import (
     add_dead_letter_limit_flag,
@@ -348,9 +340,9 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> i
     """Run the pipeline; returns the exit status (pipelines.launcher: 0 when the run completed)."""
     parser = build_parser()
     try:
-        args, options = parse_args(parser, argv, PROG)
-    except UsageError as exc:
-        return usage_error(exc)
+        args, options = launcher.parse_args(parser, argv, PROG)
+    except launcher.UsageError as exc:
+        return launcher.usage_error(exc)
     if args.input is None or args.output is None:
         parser.error("--input and --output are required")
     encoder_config = EncoderConfig(
@@ -380,7 +372,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> i
         EmbeddingCacheError,
         ValueError,
     ) as exc:
-        return usage_error(exc)
+        return launcher.usage_error(exc)
     about = {
         "options": curation_options(args),
         "inputs": inputs,
@@ -389,7 +381,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> i
         "alp_version": alp_version(),
     }
     paths = [path for path, _ in inputs]
-    finished = execute(
+    finished = launcher.execute(
         lambda p: build_pipeline(p, args, paths, about, encoder_config),
         options,
         runner=args.runner,
@@ -397,7 +389,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> i
         save_main_session=save_main_session,
     )
     if finished is None:
-        return EXIT_FAILED
+        return launcher.EXIT_FAILED
     stages = m.stage_seconds(finished.result.metrics())
     counts = finished.manifest["counts"]
     print(
@@ -408,7 +400,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> i
     if args.timings_json:
         timings = {"wall_seconds": finished.seconds, "stage_seconds": stages}
         Path(args.timings_json).write_text(json.dumps(timings, indent=2, sort_keys=True) + "\n")
-    warnings, status = dead_letter_verdict(
+    return launcher.report_dead_letters(
         counts["input_lines"],
         counts["dead_letters"]["total"],
         unit="input lines",
@@ -416,9 +408,6 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> i
         limit=args.fail_on_dead_letters,
         hints=lambda: _input_hints(paths),
     )
-    for line in warnings:
-        print(line, file=sys.stderr)
-    return status
 
 
 if __name__ == "__main__":

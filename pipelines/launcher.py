@@ -93,6 +93,24 @@ def execute(
     return Finished(manifest, time.perf_counter() - start, result)
 
 
+def report_dead_letters(
+    n_in: int,
+    n_dead: int,
+    *,
+    unit: str,
+    by_reason: Mapping[str, int],
+    limit: float | None,
+    hints: Callable[[], list[str]] = list,
+) -> int:
+    """Print `dead_letter_verdict`'s warnings to stderr; its exit status."""
+    warnings, status = dead_letter_verdict(
+        n_in, n_dead, unit=unit, by_reason=by_reason, limit=limit, hints=hints
+    )
+    for line in warnings:
+        print(line, file=sys.stderr)
+    return status
+
+
 def dead_letter_verdict(
     n_in: int,
     n_dead: int,

@@ -9,6 +9,7 @@ import io
 import lzma
 import zlib
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import zstandard
@@ -83,17 +84,7 @@ def test_bytes_after_a_stream_that_are_no_stream_are_damage(compression: str) ->
     assert got == LINES and damage is not None and "stream 2" in str(damage)
 
 
-def flushed_gzip(lines: list[bytes]) -> tuple[bytes, list[int]]:
-    """A gzip stream with a full flush after each line, and where each line's bytes end."""
-    packer = zlib.compressobj(6, zlib.DEFLATED, zlib.MAX_WBITS | 16)
-    blob, ends = b"", []
-    for line in lines:
-        blob += packer.compress(line + b"\n") + packer.flush(zlib.Z_FULL_FLUSH)
-        ends.append(len(blob))
-    return blob + packer.flush(), ends
-
-
-def test_a_corrupt_gzip_block_keeps_every_line_before_it() -> None:
+def test_a_corrupt_gzip_block_keeps_every_line_before_it(flushed_gzip: Any) -> None:
     blob, ends = flushed_gzip(LINES)
     k = 2000
     broken = bytearray(blob)

@@ -12,7 +12,6 @@ import bz2
 import gzip
 import json
 import os
-import zlib
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -46,19 +45,9 @@ RECORDS = [record(i) for i in range(1, 41)]
 DATA = b"".join(r + b"\n" for r in RECORDS)
 
 
-def gzip_flushed(lines: list[bytes]) -> tuple[bytes, list[int]]:
-    """gzip with a full flush after each line, and the compressed offset where each line ends."""
-    packer = zlib.compressobj(6, zlib.DEFLATED, zlib.MAX_WBITS | 16)
-    blob, ends = b"", []
-    for line in lines:
-        blob += packer.compress(line + b"\n") + packer.flush(zlib.Z_FULL_FLUSH)
-        ends.append(len(blob))
-    return blob + packer.flush(), ends
-
-
 @pytest.fixture()
-def damaged_inputs(tmp_path: Path) -> dict[str, Path]:
-    blob, ends = gzip_flushed(RECORDS)
+def damaged_inputs(tmp_path: Path, flushed_gzip: Any) -> dict[str, Path]:
+    blob, ends = flushed_gzip(RECORDS)
     paths = {
         "cut_gz": tmp_path / "cut.jsonl.gz",  # cut exactly after line 25: every line is whole
         "cut_bz2": tmp_path / "cut.jsonl.bz2",  # its end-of-stream marker cut off
