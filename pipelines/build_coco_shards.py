@@ -508,8 +508,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> i
     finished = launcher.execute(
         lambda p: build_pipeline(p, args, categories, selection, about),
         options,
-        runner=args.runner,
-        out_dir=args.output,
+        args,
         save_main_session=save_main_session,
     )
     if finished is None:

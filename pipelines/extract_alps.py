@@ -384,8 +384,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> i
     finished = launcher.execute(
         lambda p: build_pipeline(p, args, paths, about, encoder_config),
         options,
-        runner=args.runner,
-        out_dir=args.output,
+        args,
         save_main_session=save_main_session,
     )
     if finished is None:

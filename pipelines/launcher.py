@@ -5,7 +5,7 @@ failed and a run whose input was (nearly) all rejected read the same in both:
 
 - `parse_args`: the job's flags and Beam's; `--help-beam`; flags neither knows are a `UsageError`.
 - `execute`: run the pipeline the job builds on the chosen runner, wait, read back its manifest.
-- `dead_letter_verdict`: a loud warning when every input became a dead letter (almost always the
+- `report_dead_letters`: a loud warning when every input became a dead letter (almost always the
   wrong file or folder), and a failing exit status past ``--fail-on-dead-letters``.
 
 Exit statuses: 0 done, 1 the pipeline failed, 2 usage error (nothing was run), 3 done but more
@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
@@ -72,14 +72,13 @@ class Finished:
 def execute(
     build: Callable[[beam.Pipeline], None],
     options: PipelineOptions,
+    args: argparse.Namespace,
     *,
-    runner: str,
-    out_dir: str,
     save_main_session: bool,
 ) -> Finished | None:
-    """Build the pipeline with ``build(p)``, run it and wait; None (after saying so) when it
-    did not end in DONE."""
-    options.view_as(StandardOptions).runner = runner
+    """Build the pipeline with ``build(p)``, run it on ``args.runner`` and wait; then read the
+    manifest under ``args.output``. None (after saying so) when it did not end in DONE."""
+    options.view_as(StandardOptions).runner = args.runner
     options.view_as(SetupOptions).save_main_session = save_main_session
     start = time.perf_counter()
     pipeline = beam.Pipeline(options=options)
@@ -89,7 +88,7 @@ def execute(
     if state != PipelineState.DONE:
         print(f"error: the pipeline ended in state {state}", file=sys.stderr)
         return None
-    manifest = json.loads(read_bytes(join(out_dir, MANIFEST_NAME)))
+    manifest = json.loads(read_bytes(join(args.output, MANIFEST_NAME)))
     return Finished(manifest, time.perf_counter() - start, result)
 
 
@@ -101,45 +100,31 @@ def report_dead_letters(
     by_reason: Mapping[str, int],
     limit: float | None,
     hints: Callable[[], list[str]] = list,
+    out: TextIO | None = None,
 ) -> int:
-    """Print `dead_letter_verdict`'s warnings to stderr; its exit status."""
-    warnings, status = dead_letter_verdict(
-        n_in, n_dead, unit=unit, by_reason=by_reason, limit=limit, hints=hints
-    )
-    for line in warnings:
-        print(line, file=sys.stderr)
-    return status
-
-
-def dead_letter_verdict(
-    n_in: int,
-    n_dead: int,
-    *,
-    unit: str,
-    by_reason: Mapping[str, int],
-    limit: float | None,
-    hints: Callable[[], list[str]] = list,
-) -> tuple[list[str], int]:
-    """(warnings to print, exit status) for a finished run with ``n_dead`` of ``n_in`` inputs
-    (``unit``: "input lines", "entries") rejected.
+    """The exit status of a finished run with ``n_dead`` of ``n_in`` inputs (``unit``: "input
+    lines", "entries") rejected, after warning on ``out`` (stderr) where there is cause.
 
     Every input rejected is warned about whatever ``limit`` says, with ``hints()`` (what the
     input looks like instead). Past ``limit`` (a fraction; 0 allows none) the status is 3.
     """
-    warnings: list[str] = []
+    out = sys.stderr if out is None else out
     reasons = ", ".join(
         f"{r} {n:,}" for r, n in sorted(by_reason.items(), key=lambda kv: -kv[1]) if n
     )
     if n_in and n_dead == n_in:
-        warnings.append(
+        print(
             f"warning: every one of the {n_in:,} {unit} became a dead letter ({reasons}): this is "
-            "almost always the wrong input"
+            "almost always the wrong input",
+            file=out,
         )
-        warnings += [f"  {hint}" for hint in hints()]
+        for hint in hints():
+            print(f"  {hint}", file=out)
     if limit is not None and n_in and n_dead / n_in > limit:
-        warnings.append(
+        print(
             f"error: {n_dead:,} of {n_in:,} {unit} ({n_dead / n_in:.1%}) became dead letters, "
-            f"more than --fail-on-dead-letters {limit:g} allows; the outputs are complete"
+            f"more than --fail-on-dead-letters {limit:g} allows; the outputs are complete",
+            file=out,
         )
-        return warnings, EXIT_TOO_MANY_DEAD_LETTERS
-    return warnings, 0
+        return EXIT_TOO_MANY_DEAD_LETTERS
+    return 0
