@@ -2,8 +2,11 @@
 
 The Beam pipeline (``pipelines/extract_alps.py``) is the way to curate at scale; this command runs
 the same ``alp_curation`` functions in one process, which is what a first look at a file, the demo
-and the benchmarks need. Bad lines never stop the run: they are counted by reason and, with
-``--dead-letters``, written out with the raw line.
+and the benchmarks need. Files are read as the pipeline reads them (`alp_curation.streams`:
+compressed by extension and checked to the end of the stream, a leading byte-order mark dropped).
+Bad lines never stop the run: they are counted by reason and, with ``--dead-letters``, written out
+with the raw line; a file that cannot be read to its end counts one "read_error" after its good
+lines.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import gzip
 import json
 import sys
 import time
@@ -24,9 +26,13 @@ from typing import IO
 from tqdm import tqdm
 
 from alp_curation.curate import DEFAULT_TEMPORAL_PADDING, CurationResult, curate_records
-from alp_curation.locnar import InvalidRecord, LocNarRecord, parse_record
+from alp_curation.locnar import InvalidRecord, LocNarRecord, parse_record, record_key
 from alp_curation.quality import Mention, MentionMatch, match_mentions, summarise
+from alp_curation.streams import StreamDamaged, iter_lines, open_checked
 from alp_curation.tagging import Tagger
+
+READ_ERROR = "read_error"  # a file unreadable from some line on, as in the pipeline's dead letters
+MAX_LINE_BYTES = 64 * 2**20  # parse_record's default limit
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Curate Localized Narratives (JSONL, optionally .gz) into approximately "
         "localized phrases (ALPs) and print a summary table.",
     )
-    parser.add_argument("inputs", nargs="+", type=Path, help="LocNar JSONL files (.jsonl or .gz)")
+    parser.add_argument(
+        "inputs", nargs="+", type=Path, help="LocNar JSONL files (.jsonl, or .gz, .bz2, .xz, .zst)"
+    )
     parser.add_argument(
         "--ground-truth",
         type=Path,
@@ -86,24 +94,36 @@ class Tally:
     phrases: Counter[str] = field(default_factory=Counter)
 
 
-def iter_lines(paths: Sequence[Path]) -> Iterator[tuple[str, bytes]]:
-    """Yield ("file:line", raw bytes) for every line of every file, newline stripped."""
+def input_lines(paths: Sequence[Path]) -> Iterator[tuple[str, bytes | OSError | StreamDamaged]]:
+    """("file:line", raw bytes) for every non-blank line of every file, newline stripped; a file
+    that cannot be read to its end gives, after its good lines, ("file:line", the error)."""
     for path in paths:
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rb") as f:
-            for number, line in enumerate(f, start=1):
-                line = line.rstrip(b"\r\n")
-                if line.strip():
-                    yield f"{path}:{number}", line
+        number = 0
+        try:
+            with open_checked(open(path, "rb"), str(path)) as f:
+                for line in iter_lines(f, str(path), max_line_bytes=MAX_LINE_BYTES):
+                    number = line.number
+                    if line.truncated or line.data.strip():
+                        yield f"{path}:{number}", line.data.rstrip(b"\r")
+        except (OSError, StreamDamaged) as exc:
+            yield f"{path}:{number + 1}", exc
 
 
 def parse_lines(
-    lines: Iterator[tuple[str, bytes]], tally: Tally, dead_letters: IO[str] | None
+    lines: Iterator[tuple[str, bytes | OSError | StreamDamaged]],
+    tally: Tally,
+    dead_letters: IO[str] | None,
 ) -> Iterator[LocNarRecord]:
     for where, line in lines:
         tally.lines += 1
+        if not isinstance(line, bytes):
+            tally.dead_letters[READ_ERROR] += 1
+            if dead_letters is not None:
+                entry = {"source": where, "reason": READ_ERROR, "field": "", "message": str(line)}
+                dead_letters.write(json.dumps(entry, sort_keys=True) + "\n")
+            continue
         try:
-            record = parse_record(line)
+            record = parse_record(line, max_line_bytes=MAX_LINE_BYTES)
         except InvalidRecord as exc:
             tally.dead_letters[exc.reason] += 1
             if dead_letters is not None:
@@ -125,13 +145,13 @@ def _dead_letter_json(where: str, exc: InvalidRecord, line: bytes) -> str:
 def load_mentions(path: Path) -> dict[str, list[Mention]]:
     """Ground-truth mentions keyed by record key ("dataset_id/image_id/annotator_id")."""
     mentions: dict[str, list[Mention]] = {}
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # "-sig": a leading byte-order mark is no text
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             entry = json.loads(line)
             try:
-                key = f"{entry['dataset_id']}/{entry['image_id']}/{entry['annotator_id']}"
+                key = record_key(entry["dataset_id"], entry["image_id"], entry["annotator_id"])
                 mentions[key] = [
                     Mention(
                         start_char=m["start_char"],
@@ -220,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         dead = None
         if args.dead_letters:
             dead = stack.enter_context(open(args.dead_letters, "w", encoding="utf-8"))
-        records = parse_lines(iter_lines(args.inputs), tally, dead)
+        records = parse_lines(input_lines(args.inputs), tally, dead)
         progress = tqdm(records, desc="curating", unit=" narratives", disable=args.quiet)
         for result in curate_records(
             progress, tagger, temporal_padding=args.temporal_padding, batch_size=args.batch_size

@@ -12,12 +12,18 @@ A LocNar line looks like::
 it raises, with a machine-readable reason code (see `REASONS`), the offending field path and the
 record key once the key fields have been read. Bad input becomes a dead letter upstream (DESIGN.md,
 "Bad input"), so nothing is repaired or guessed here: a value is either valid or rejected.
+
+Keys name records and images: the ids joined by "/" (`join_key`), each id's "%" and "/" escaped
+as "%25" and "%2F" first, so that two different id tuples never share a key (dataset "x/a" with
+image "b" is "x%2Fa/b", dataset "x" with image "a/b" is "x/a%2Fb"). Ids without "%" or "/" appear
+as they are.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,8 +35,11 @@ __all__ = [
     "LocNarRecord",
     "TraceSegment",
     "Utterance",
+    "join_key",
     "parse_record",
+    "record_key",
     "record_to_json",
+    "split_key",
 ]
 
 # Every reason code `InvalidRecord.reason` can take; dead-letter counts are keyed by these.
@@ -53,6 +62,34 @@ REASONS: frozenset[str] = frozenset(
 )
 
 
+KEY_SEPARATOR = "/"
+_ESCAPED = re.compile("%(25|2F)")
+
+
+def _key_part(value: str) -> str:
+    if "%" not in value and KEY_SEPARATOR not in value:
+        return value
+    return value.replace("%", "%25").replace(KEY_SEPARATOR, "%2F")
+
+
+def join_key(*parts: str) -> str:
+    """Ids joined into one key, each escaped (module docstring): injective over id tuples."""
+    return KEY_SEPARATOR.join(_key_part(p) for p in parts)
+
+
+def split_key(key: str) -> tuple[str, ...]:
+    """The ids of a key: the inverse of `join_key`."""
+    unescape = {"25": "%", "2F": KEY_SEPARATOR}
+    return tuple(
+        _ESCAPED.sub(lambda m: unescape[m.group(1)], part) for part in key.split(KEY_SEPARATOR)
+    )
+
+
+def record_key(dataset_id: str, image_id: str, annotator_id: int) -> str:
+    """``"dataset_id/image_id/annotator_id"``, escaped: one narrative of one image."""
+    return join_key(dataset_id, image_id, str(annotator_id))
+
+
 class InvalidRecord(ValueError):
     """A LocNar line that cannot become a `LocNarRecord`.
 
@@ -60,7 +97,9 @@ class InvalidRecord(ValueError):
         reason: machine-readable code, one of `REASONS`.
         field: path of the offending field, e.g. ``"traces[0][12].x"``; "" for the line itself.
         detail: what was found and what was expected.
-        record_key: ``"dataset_id/image_id/annotator_id"`` when those fields were read, else "".
+        record_key: ``"dataset_id/image_id/annotator_id"`` (`record_key`) when those fields were
+            read; the image key ``"dataset_id/image_id"`` when only annotator_id is missing or
+            not an integer; else "".
     """
 
     def __init__(self, reason: str, field: str, detail: str, record_key: str = "") -> None:
@@ -141,7 +180,7 @@ class LocNarRecord:
 
     @property
     def key(self) -> str:
-        return f"{self.dataset_id}/{self.image_id}/{self.annotator_id}"
+        return record_key(self.dataset_id, self.image_id, self.annotator_id)
 
 
 def _json_type(value: Any) -> str:
@@ -384,14 +423,16 @@ def parse_record(
         ids[name] = _check_str(_require(obj, name, name, ""), name, "")
         if not ids[name]:
             raise InvalidRecord("empty_field", name, "is an empty string", "")
-    annotator_id = _require(obj, "annotator_id", "annotator_id", "")
+    image = join_key(ids["dataset_id"], ids["image_id"])  # names the record until annotator_id
+    annotator_id = _require(obj, "annotator_id", "annotator_id", image)
     if type(annotator_id) is not int:
         raise InvalidRecord(
             "wrong_type",
             "annotator_id",
             f"is {_json_type(annotator_id)} {_show(annotator_id)}, expected integer",
+            image,
         )
-    key = f"{ids['dataset_id']}/{ids['image_id']}/{annotator_id}"
+    key = record_key(ids["dataset_id"], ids["image_id"], annotator_id)
 
     caption = _check_str(_require(obj, "caption", "caption", key), "caption", key)
     utterances = _parse_utterances(_require(obj, "timed_caption", "timed_caption", key), key)

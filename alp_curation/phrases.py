@@ -10,10 +10,11 @@ The rule, on the caption's tokens in order:
 2. Tokens joined by a hyphen with no space on either side form one *word* ("t-shirt",
    "black-and-white", "two-story"), which takes the POS of its last part. spaCy splits
    "t-shirt" into ``t``, ``-``, ``shirt``; the joined word keeps "t-shirt" whole.
-3. A word is a *noun* when its POS is ``NOUN`` or ``PROPN``, an *adjective* when it is ``ADJ``.
-   Nothing else counts: numbers (``NUM``: "two dogs" gives "dogs"), determiners, participles
-   tagged ``VERB`` ("parked car" gives "car"), the possessive ``'s`` (``PART``) and punctuation
-   all end a phrase.
+3. A word is a *noun* when its POS is ``NOUN`` or ``PROPN``, an *adjective* when it is ``ADJ``,
+   and it holds a letter. Nothing else counts: numbers (``NUM``: "two dogs" gives "dogs"),
+   determiners, participles tagged ``VERB`` ("parked car" gives "car"), the possessive ``'s``
+   (``PART``), punctuation, and words without a letter (emoji, symbols: the tagger labels an
+   emoji ``NOUN`` or ``PROPN``) all end a phrase.
 4. A phrase is a maximal run of one or more consecutive nouns together with the adjectives
    directly before it: ``ADJ* (NOUN|PROPN)+``. So "man's shirt" gives two phrases, "man" and
    "shirt"; "big, red car" gives "red car"; an adjective without a noun ("the car is red")
@@ -56,6 +57,7 @@ REJECTION_REASONS = (STUFF, PRONOUN, GENERIC)
 NOUN_POS = frozenset({"NOUN", "PROPN"})
 ADJ_POS = frozenset({"ADJ"})
 HYPHENS = frozenset({"-", "\u2010", "\u2011"})  # hyphen-minus, hyphen, non-breaking hyphen
+NO_LETTER_POS = "SYM"  # the POS a word without a letter counts as (rule 3), whatever it was tagged
 
 # COCO-Stuff suffixes that only tell classes apart in the label set; a caption says the base word.
 STUFF_SUFFIXES = ("-other", "-stuff", "-merged")
@@ -252,13 +254,14 @@ def _join_hyphenated(tokens: Sequence[Token]) -> list[_Word]:
         parts = toks[i : j + 1]
         last = parts[-1]
         lemma = (last.lemma or last.text).lower()
+        text = "".join(t.text for t in parts)
         words.append(
             _Word(
-                text="".join(t.text for t in parts),
+                text=text,
                 lemma="".join(t.text for t in parts[:-1]).lower() + lemma,
                 start_char=parts[0].start_char,
                 end_char=last.end_char,
-                pos=last.pos,
+                pos=last.pos if any(c.isalpha() for c in text) else NO_LETTER_POS,
             )
         )
         i = j + 1

@@ -13,6 +13,10 @@ English lemmatizer reads the coarse POS that the attribute ruler maps from the t
 
 The tagger's output is plain data (``Token`` records), so the phrase rules in
 ``alp_curation.phrases`` never import spaCy and tests can build tokens by hand.
+
+Captions are tagged as `alp_curation.caption_text.normalise_caption` gives them (NFC, zero-width
+characters and bidirectional controls dropped); token offsets point back into the caption as
+written.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import importlib.util
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from alp_curation.caption_text import NormalisedCaption, normalise_caption
 
 if TYPE_CHECKING:
     import spacy
@@ -58,7 +64,9 @@ class ModelUnavailable(RuntimeError):
 class Token:
     """One token of a caption, as the tagger saw it.
 
-    ``caption[start_char:end_char] == text``. ``pos`` is the Universal POS tag (``"NOUN"``,
+    ``text`` is the token as tagged, in the normalised caption (`normalise_caption`);
+    ``caption[start_char:end_char]`` is the token as written, the same text for any caption
+    without invisible or decomposed characters. ``pos`` is the Universal POS tag (``"NOUN"``,
     ``"ADJ"``, ``"PROPN"``...), ``tag`` the fine-grained Penn tag (``"NNS"``, ``"HYPH"``...),
     ``lemma`` the lemma as the model writes it (not lower-cased).
     """
@@ -103,18 +111,12 @@ def load_spacy(model: str = DEFAULT_MODEL) -> spacy.Language:
         ) from exc
 
 
-def _to_tokens(doc: Any) -> tuple[Token, ...]:
-    return tuple(
-        Token(
-            text=t.text,
-            start_char=t.idx,
-            end_char=t.idx + len(t.text),
-            pos=t.pos_,
-            tag=t.tag_,
-            lemma=t.lemma_,
-        )
-        for t in doc
-    )
+def _to_tokens(doc: Any, caption: NormalisedCaption) -> tuple[Token, ...]:
+    tokens = []
+    for t in doc:
+        start, end = caption.span(t.idx, t.idx + len(t.text))
+        tokens.append(Token(t.text, start, end, pos=t.pos_, tag=t.tag_, lemma=t.lemma_))
+    return tuple(tokens)
 
 
 class Tagger:
@@ -148,12 +150,15 @@ class Tagger:
         return f"{meta['lang']}_{meta['name']}-{meta['version']}"
 
     def tag(self, captions: Iterable[str]) -> list[tuple[Token, ...]]:
-        """Tokens of each caption, in input order (``nlp.pipe`` in batches of ``batch_size``)."""
+        """Tokens of each caption, in input order (``nlp.pipe`` in batches of ``batch_size``);
+        each caption is tagged normalised, offsets point into it as given."""
         texts = list(captions)
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"Tagger.tag: captions[{i}] is {type(text).__name__}, expected str")
-        return [_to_tokens(doc) for doc in self.nlp.pipe(texts, batch_size=self.batch_size)]
+        normalised = [normalise_caption(text) for text in texts]
+        docs = self.nlp.pipe([n.text for n in normalised], batch_size=self.batch_size)
+        return [_to_tokens(doc, n) for doc, n in zip(docs, normalised, strict=True)]
 
     def __getstate__(self) -> dict[str, Any]:
         return {"model": self.model, "batch_size": self.batch_size}

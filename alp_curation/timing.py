@@ -19,6 +19,7 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from alp_curation.caption_text import normalise_caption
 from alp_curation.locnar import Utterance
 
 __all__ = [
@@ -82,12 +83,18 @@ def normalize_word(word: str) -> str:
 
 
 def split_words(text: str) -> list[tuple[int, int, str]]:
-    """(start, end, normalised word) for each word of `text`; spans index `text` itself."""
+    """(start, end, normalised word) for each word of `text`; spans index `text` itself.
+
+    Words are found in the text as the tagger reads it (`normalise_caption`), so a zero-width
+    character inside a word ("pi\u200dnk") does not split it.
+    """
+    normalised = normalise_caption(text)
     words = []
-    for m in _WORD_RE.finditer(text):
+    for m in _WORD_RE.finditer(normalised.text):
+        start, end = normalised.span(m.start(), m.end())
         norm = normalize_word(m.group())
         if norm:  # e.g. a lone combining mark normalises to nothing
-            words.append((m.start(), m.end(), norm))
+            words.append((start, end, norm))
     return words
 
 

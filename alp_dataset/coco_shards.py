@@ -57,6 +57,7 @@ __all__ = [
 ]
 
 COCO_SHARDS_FORMAT = "alp.coco_shards"
+POLYGON_MARGIN = 1.0  # polygon coordinates may lie this many image sizes outside the image
 COCO_SHARDS_VERSION = "1.0"
 
 SAMPLE_INSTANCES = "instances.json"  # member extension: <key>.instances.json
@@ -210,7 +211,10 @@ def segmentation_to_rle(segmentation: Any, height: int, width: int) -> dict[str,
     Accepts the three COCO forms: polygons (a list of flat [x0, y0, x1, y1, ...] lists; polygons
     of fewer than 3 points are left out, as detectron2 does, and the rest merged), uncompressed
     RLE (``counts`` a list of ints, crowd annotations) and compressed RLE (``counts`` a string).
-    Raises RleError (with the offending field) when no valid, non-empty mask results.
+    Polygon coordinates may lie up to one image size outside the image (`POLYGON_MARGIN`):
+    pycocotools draws every edge point by point at 5x, so a coordinate of 1e8 costs it gigabytes
+    and 1e9 crashes the process. Raises RleError (with the offending field) when no valid,
+    non-empty mask results.
     """
     if isinstance(segmentation, list):
         polygons = []
@@ -219,6 +223,15 @@ def segmentation_to_rle(segmentation: Any, height: int, width: int) -> dict[str,
                 raise RleError(f"segmentation[{i}]", "expected a list of finite numbers")
             if len(poly) % 2:
                 raise RleError(f"segmentation[{i}]", f"odd number of coordinates ({len(poly)})")
+            for axis, size in (("x", width), ("y", height)):
+                values = poly[0::2] if axis == "x" else poly[1::2]
+                low, high = -POLYGON_MARGIN * size, (1 + POLYGON_MARGIN) * size
+                if values and not low <= min(values) <= max(values) <= high:
+                    raise RleError(
+                        f"segmentation[{i}]",
+                        f"{axis} coordinates span [{min(values):g}, {max(values):g}], beyond "
+                        f"[{low:g}, {high:g}] (the image is {width} x {height})",
+                    )
             if len(poly) >= 6:
                 polygons.append([float(v) for v in poly])
         if not polygons:

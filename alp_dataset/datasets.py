@@ -56,8 +56,10 @@ whichever rank or worker reads it (by (seed, epoch, rank, worker, position) when
 
 Bad data never stops an epoch (``on_error="warn"``, the default): a shard that cannot be opened
 or read to its end (garbage, truncated) is skipped from that point, the samples read before the
-damage kept, and a sample that cannot be decoded is skipped; each is a
-`CorruptDataWarning` and a count in ``dataset.error_counts()``. The counts live in shared memory
+damage kept; a corrupt header in the middle of a shard is skipped to the next valid header, so
+the samples after it are read too (`read_shards`); a sample that cannot be decoded, or that
+lost a member to the damage, is skipped. Each is a `CorruptDataWarning` and a count in
+``dataset.error_counts()``. The counts live in shared memory
 written by every worker of this process's loaders (one slot per worker), so the training
 process reads them without any message passing; they count events (a bad shard drawn twice when
 resampling counts twice) for this rank only. ``on_error="raise"`` raises instead.
@@ -68,6 +70,7 @@ Stages are plain iterator -> iterator functions (`read_shards`, `shuffle_samples
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import itertools
@@ -75,7 +78,6 @@ import json
 import multiprocessing
 import os
 import random
-import tarfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -98,6 +100,7 @@ from alp_dataset.schema import (
     SHARDS_DIR,
     phrase_id,
 )
+from alp_dataset.tar_members import shard_stream, tar_members
 from alp_dataset.transforms import GEOMETRY, INSTANCES, EvalTransform, Instances
 
 __all__ = [
@@ -200,10 +203,12 @@ def read_shards(
 ) -> Iterator[RawSample]:
     """Tar shards -> raw samples ``{"__key__", "__url__", ext: bytes}``, members grouped by key.
 
-    A shard that fails to open or to read (garbage, truncated) is reported to
-    ``on_error("shard", url, exc)`` and left from that point: the samples read before are kept,
-    the one being assembled is dropped (it may miss members). A shard cut exactly between two
-    members reads as a shorter shard whose last sample may miss members: decoding rejects it.
+    Every damage is reported to ``on_error("shard", url, exc)``: a shard that fails to open; a
+    corrupt header in the middle (reading resumes at the next valid header, `tar_members`); a
+    shard cut short, inside a member or between two (no end-of-archive marker); a compressed
+    shard whose stream breaks. Every member read whole is kept, and grouped by key as if the
+    damage were not there: a sample that lost a member to it is yielded without, and decoding
+    rejects it (a bad sample), so every sample is either read or counted.
     """
     for url in urls:
         try:
@@ -213,21 +218,17 @@ def read_shards(
             continue
         try:
             pending: RawSample | None = None
-            with tarfile.open(fileobj=stream, mode="r|*") as tar:
-                for info in tar:
-                    if not info.isreg():
-                        continue
-                    key, ext = base_plus_ext(info.name)
-                    if key is None:
-                        continue
-                    if pending is not None and pending["__key__"] != key:
-                        yield pending  # complete: members of a sample are consecutive
-                        pending = None
-                    if pending is None:
-                        pending = {"__key__": key, "__url__": url}
-                    member = tar.extractfile(info)
-                    assert member is not None  # a regular file
-                    pending[ext.lower()] = member.read()
+            damage = functools.partial(on_error, "shard", url)
+            for name, data in tar_members(shard_stream(stream, url), on_damage=damage):
+                key, ext = base_plus_ext(name)
+                if key is None:
+                    continue
+                if pending is not None and pending["__key__"] != key:
+                    yield pending  # complete: members of a sample are consecutive
+                    pending = None
+                if pending is None:
+                    pending = {"__key__": key, "__url__": url}
+                pending[ext.lower()] = data
             if pending is not None:
                 yield pending
         except Exception as exc:
@@ -586,7 +587,7 @@ class ShardDataset(IterableDataset):
             raise exc
         self._errors.add(kind)
         warnings.warn(
-            f"skipped {kind} {where}: {type(exc).__name__}: {exc}",
+            f"bad {kind} {where}: {type(exc).__name__}: {exc}",
             CorruptDataWarning,
             stacklevel=2,
         )

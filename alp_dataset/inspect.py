@@ -17,7 +17,7 @@ when those are readable from here, or from ``--narratives``.
 from __future__ import annotations
 
 import argparse
-import gzip
+import io
 import itertools
 import json
 import math
@@ -30,6 +30,8 @@ import numpy as np
 import polars as pl
 from PIL import Image
 
+from alp_curation.streams import open_checked
+from alp_dataset.coco_shards import RleError, decode_masks, segmentation_to_rle
 from alp_dataset.query import AlpStore, alps_of_image, phrase_frequencies
 from alp_dataset.render import AlpBox, GtInstance, Trace, render_alps
 from alp_dataset.schema import IMAGE_EXTENSIONS
@@ -173,11 +175,14 @@ def find_image_file(root: Path, dataset_id: str, image_id: str) -> Path:
 
 
 def _open_binary(path: Path) -> IO[bytes]:
-    return gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
+    """A narratives file as the pipeline reads it: decompressed by extension and checked
+    (a damaged stream raises `alp_curation.streams.StreamDamaged`, a ValueError)."""
+    return io.BufferedReader(open_checked(path.open("rb"), str(path)))  # type: ignore[arg-type]
 
 
 def _line_at(path: Path, number: int) -> bytes | None:
-    """Line ``number`` (1-based) of a text file, .gz read as such; None past its end."""
+    """Line ``number`` (1-based) of a text file, .gz and the like read as such; None past its
+    end."""
     with _open_binary(path) as f:
         return next(itertools.islice(f, number - 1, number), None)
 
@@ -264,17 +269,16 @@ def _coco_image(instances: Mapping[str, Any], image_id: str) -> Mapping[str, Any
 
 
 def _decode_mask(segmentation: Any, height: int, width: int) -> np.ndarray | None:
-    from pycocotools import mask as mask_utils
-
+    """The (H, W) mask of a COCO segmentation, checked as the shards check it before
+    pycocotools sees it (which writes past its buffer for runs that do not cover the image);
+    None for none, or one that gives no valid mask."""
     if not segmentation:
         return None
-    if isinstance(segmentation, list):  # polygons
-        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
-    elif isinstance(segmentation.get("counts"), list):  # uncompressed RLE
-        rle = mask_utils.frPyObjects(segmentation, height, width)
-    else:
-        rle = {"size": segmentation["size"], "counts": segmentation["counts"].encode()}
-    return mask_utils.decode(rle).astype(bool)  # (H, W)
+    try:
+        rle = segmentation_to_rle(segmentation, height, width)
+    except RleError:
+        return None
+    return np.ascontiguousarray(decode_masks([rle], height, width)[0])  # (H, W)
 
 
 def load_ground_truth(path: Path, image_id: str) -> tuple[list[GtInstance], list[str]]:

@@ -50,7 +50,8 @@ __all__ = [
 ]
 
 # Schema versions of output directories this module reads.
-READABLE_SCHEMA_VERSIONS = frozenset({SCHEMA_VERSION})
+# 1.0 differs only in keys of ids holding "%" or "/", which it let collide.
+READABLE_SCHEMA_VERSIONS = frozenset({"1.0", SCHEMA_VERSION})
 
 _REQUIRED_MANIFEST_KEYS = ("schema_version", "encoder", "files", "counts", "options")
 

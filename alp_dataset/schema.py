@@ -26,6 +26,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from alp_curation.locnar import join_key  # the key encoding records and images share
 from alp_curation.phrases import phrase_id  # the id the tables and the cache share
 
 __all__ = [
@@ -56,7 +57,8 @@ __all__ = [
     "shard_name",
 ]
 
-SCHEMA_VERSION = "1.0"
+# 1.1: image and record keys escape "%" and "/" inside each id, so distinct ids never share a key.
+SCHEMA_VERSION = "1.1"
 
 # Folders and files under the output directory.
 ALPS_DIR = "alps"
@@ -73,8 +75,9 @@ META_EMBEDDING_DIM = b"alp.embedding_dim"
 
 
 def image_key(dataset_id: str, image_id: str) -> str:
-    """``"dataset_id/image_id"``: one shard sample per image key."""
-    return f"{dataset_id}/{image_id}"
+    """``"dataset_id/image_id"``, each id's "%" and "/" escaped (`alp_curation.locnar.join_key`):
+    one shard sample per image key, and two images never share one."""
+    return join_key(dataset_id, image_id)
 
 
 # WebDataset splits a member name into sample key and extension at the first "." of its base
@@ -183,7 +186,8 @@ def phrase_schema(dim: int, encoder_id: str) -> pa.Schema:
 
 # Dead-letter reasons the pipeline adds to alp_curation.locnar.REASONS (which parse_record raises).
 PIPELINE_REASONS: Mapping[str, str] = {
-    "read_error": "the input file could not be read past this line (e.g. a truncated .gz)",
+    "read_error": "the input file could not be read from this line on: a compressed stream cut "
+    "short or corrupt, or a file that cannot be opened (a folder, a FIFO, no permission)",
     "out_of_range": "a valid JSON value the output cannot hold (annotator_id beyond int64)",
     "curation_error": "the record parsed but tagging or curating it raised; message says what",
 }
@@ -196,7 +200,8 @@ DEAD_LETTER_FIELDS: Mapping[str, str] = {
     "reason": "reason code: alp_curation.locnar.REASONS or PIPELINE_REASONS",
     "field": 'path of the offending field ("traces[0][12].x"); "" for the whole line',
     "message": "what was found and what was expected",
-    "record_key": '"dataset_id/image_id/annotator_id" when those were read, else ""',
+    "record_key": '"dataset_id/image_id/annotator_id" (ids escaped as in image keys) when those '
+    'were read; "dataset_id/image_id" when annotator_id is missing or not an integer; else ""',
     "raw": "the line (UTF-8 text, newline stripped); absent when raw_base64 is given",
     "raw_base64": "the line's bytes, base64, when they are not valid UTF-8",
     "raw_bytes": "length of the whole line in bytes",
@@ -211,7 +216,7 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png")
 
 SAMPLE_JSON_FIELDS: Mapping[str, str] = {
     "schema_version": "SCHEMA_VERSION",
-    "image_key": '"dataset_id/image_id"',
+    "image_key": '"dataset_id/image_id", each id escaped: "%" as %25, "/" as %2F',
     "dataset_id": "LocNar dataset_id",
     "image_id": "LocNar image_id",
     "embedding_dim": "width D of embeddings.npy",

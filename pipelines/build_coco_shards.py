@@ -14,8 +14,9 @@ Stages (labelled composites, the work in `pipelines.coco`'s pure functions)::
     WriteShards       shards/shard-NNNNNN.tar, WriteDeadLetters dead_letters/*.jsonl
     WriteManifest     manifest.json, last, with counts that add up
 
-Same conventions as `pipelines/extract_alps.py`: deterministic shard assignment (hash of the
-sample key), samples sorted by key, files written under a temporary name then renamed,
+The writers, the output-directory check and the launcher are `pipelines/extract_alps.py`'s own
+(`pipelines.writers`, `pipelines.io`, `pipelines.launcher`): deterministic shard assignment (hash
+of the sample key), samples sorted by key, files written under a temporary name then renamed,
 FileSystems paths (gs://, s3://), a second run into the same directory refused without
 --overwrite, FnApiRunner by default. The layout is documented in docs/coco_shards.md and its
 names live in `alp_dataset.coco_shards`.
@@ -24,10 +25,7 @@ names live in `alp_dataset.coco_shards`.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tarfile
-import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,10 +33,7 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam import pvalue
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
-from apache_beam.runners.runner import PipelineState
 from PIL import Image
 
 from alp_dataset.class_splits import SPLIT_NAMES
@@ -53,15 +48,8 @@ from alp_dataset.coco_shards import (
     SPLIT_ALL,
     manifest_problems,
 )
-from alp_dataset.schema import (
-    ALPS_DIR,
-    DEAD_LETTERS_DIR,
-    MANIFEST_NAME,
-    PHRASES_DIR,
-    SHARDS_DIR,
-    part_name,
-    shard_name,
-)
+from alp_dataset.schema import ALPS_DIR, DEAD_LETTERS_DIR, PHRASES_DIR, SHARDS_DIR
+from pipelines import launcher, writers
 from pipelines import manifest as m
 from pipelines.coco import (
     NOT_SELECTED,
@@ -71,24 +59,31 @@ from pipelines.coco import (
     CocoFormatError,
     build_sample,
     check_instances,
+    load_instances,
     rejected_annotations,
     select_classes,
     split_entries,
 )
-from pipelines.io import join, read_bytes, write_atomic, write_bytes_atomic
+from pipelines.io import (
+    OutputExists,
+    StreamDamaged,
+    is_file,
+    join,
+    open_raw,
+    prepare_output,
+    read_input,
+)
 from pipelines.options import (
+    add_dead_letter_limit_flag,
     add_help_beam_flag,
     add_runner_flag,
     alp_version,
     positive_int,
-    print_beam_help,
-    unknown_beam_args,
 )
-from pipelines.writers import GroupIntoParts, WriteManifest, _add_member, stable_hash
+from pipelines.writers import WriteManifest
 
 PROG = "beam run pipelines/build_coco_shards.py"
 OUTPUTS = (SHARDS_DIR, DEAD_LETTERS_DIR)
-UNCOMPRESSED = CompressionTypes.UNCOMPRESSED
 
 # Statistics (summed into the manifest's counts; also Beam counters under namespace "alp").
 IMAGES = "coco.images"
@@ -128,7 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--instances", metavar="FILE", help="(required) COCO instances JSON (local, gs://, s3://)"
+        "--instances",
+        metavar="FILE",
+        help="(required) COCO instances JSON (local, gs://, s3://; .gz and other compressions by "
+        "extension)",
     )
     parser.add_argument(
         "--images", metavar="ROOT", help="(required) folder holding each image's file_name"
@@ -182,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
         "are removed); without it such a directory is refused",
     )
     add_runner_flag(parser)
+    add_dead_letter_limit_flag(parser, "entries (images, and annotations of kept classes)")
     add_help_beam_flag(parser)
     return parser
 
@@ -226,7 +225,7 @@ class ReadInstancesFn(beam.DoFn):
         self.selection = selection
 
     def process(self, path: str) -> Iterator[Any]:
-        doc = json.loads(read_bytes(path))
+        doc = load_instances(read_input(path), path)
         stats: Counter[str] = Counter()
         stats[IMAGES] = len(doc["images"])
         stats[ANNOTATIONS] = len(doc["annotations"])
@@ -276,19 +275,24 @@ class ReadInstances(beam.PTransform):
 class CocoSample:
     key: str
     instances_json: bytes
-    image_path: str
-    extension: str
+    image: tuple[str, str]  # (path, extension): checked, read when the shard is written
+
+    def members(self) -> dict[str, bytes]:
+        return {SAMPLE_INSTANCES: self.instances_json}
 
 
 def check_image_file(path: str, width: int, height: int) -> tuple[str, str] | None:
     """(reason, message) when the file is missing, unreadable or of another size; else None.
 
     Only the header is read (PIL opens lazily); the bytes are read once, when the shard is written.
+    A folder or FIFO of that name is unreadable, and never opened (a FIFO would block).
     """
     if not FileSystems.exists(path):
         return "image_missing", f"no file {path}"
+    if not is_file(path):
+        return "image_unreadable", f"{path} is not a file"
     try:
-        with FileSystems.open(path, compression_type=UNCOMPRESSED) as f, Image.open(f) as image:
+        with open_raw(path) as f, Image.open(f) as image:
             size = image.size
     except Exception as exc:  # PIL raises several types for files that are no image
         return "image_unreadable", f"{path}: {type(exc).__name__}: {exc}"
@@ -341,7 +345,7 @@ class BuildSampleFn(beam.DoFn):
         if outcome.instances_json is None:
             yield m.stat(WITHOUT_INSTANCES)
             return
-        yield CocoSample(image.key, outcome.instances_json, path, image.extension)
+        yield CocoSample(image.key, outcome.instances_json, (path, image.extension))
 
 
 class BuildSamples(beam.PTransform):
@@ -358,59 +362,6 @@ class BuildSamples(beam.PTransform):
 
 # ---------------------------------------------------------------------------------------------
 # Files
-
-
-def _sample_part(sample: CocoSample) -> int:
-    return stable_hash(sample.key)
-
-
-def _dead_letter_part(letter: CocoDeadLetter) -> int:
-    return stable_hash(f"{letter.kind}\n{letter.id}\n{letter.raw}")
-
-
-def _real(rows: Iterable[Any]) -> list[Any]:
-    return [r for r in rows if r is not None]
-
-
-class WriteShardFn(beam.DoFn):
-    """((index, n), samples) -> shards/shard-index.tar; yields ("shards", path, samples)."""
-
-    def __init__(self, out_dir: str) -> None:
-        self.out_dir = out_dir
-
-    def process(self, element: tuple[tuple[int, int], Iterable[Any]]) -> Iterator[Any]:
-        (index, _), samples = element
-        rows = sorted(_real(samples), key=lambda s: s.key)
-
-        def write(f: Any) -> None:
-            with tarfile.open(fileobj=f, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-                for s in rows:
-                    _add_member(tar, f"{s.key}.{SAMPLE_INSTANCES}", s.instances_json)
-                    with FileSystems.open(s.image_path, compression_type=UNCOMPRESSED) as img:
-                        _add_member(tar, f"{s.key}.{s.extension}", img.read())
-
-        name = shard_name(index)
-        with m.timed("write"):
-            write_atomic(join(self.out_dir, SHARDS_DIR, name), write)
-        yield SHARDS_DIR, f"{SHARDS_DIR}/{name}", len(rows)
-        yield m.stat(SAMPLES, len(rows))
-
-
-class WriteDeadLettersFn(beam.DoFn):
-    """((index, n), dead letters) -> dead_letters/part-index-of-n.jsonl, sorted."""
-
-    def __init__(self, out_dir: str) -> None:
-        self.out_dir = out_dir
-
-    def process(self, element: tuple[tuple[int, int], Iterable[Any]]) -> Iterator[Any]:
-        (index, n), letters = element
-        rows = sorted(_real(letters), key=CocoDeadLetter.sort_key)
-        text = "".join(
-            json.dumps(r.to_json(), sort_keys=True, ensure_ascii=False) + "\n" for r in rows
-        )
-        name = part_name(index, n, "jsonl")
-        write_bytes_atomic(join(self.out_dir, DEAD_LETTERS_DIR, name), text.encode("utf-8"))
-        yield DEAD_LETTERS_DIR, f"{DEAD_LETTERS_DIR}/{name}", len(rows)
 
 
 def build_manifest(
@@ -467,55 +418,25 @@ def build_pipeline(
         "dead_counts": read["dead_counts"],
     }
     built = per_image | "BuildSamples" >> BuildSamples(args.images, args.keep_empty_images)
-    shards = (
-        built.samples
-        | "GroupShards" >> GroupIntoParts(args.shard_size, _sample_part)
-        | "WriteShards" >> beam.ParDo(WriteShardFn(out)).with_outputs(m.STATS, main="files")
+    shards = built.samples | "WriteShards" >> writers.write_shards(
+        out, args.shard_size, samples_stat=SAMPLES
     )
     dead = (read["dead"], built["dead"]) | "AllDeadLetters" >> beam.Flatten()
-    dead_files = (
-        dead
-        | "GroupDeadLetters" >> GroupIntoParts(args.dead_letter_rows_per_file, _dead_letter_part)
-        | "WriteDeadLetters" >> beam.ParDo(WriteDeadLettersFn(out))
+    dead_files = dead | "WriteDeadLetters" >> writers.write_dead_letters(
+        out, args.dead_letter_rows_per_file
     )
-    files = (shards.files, dead_files) | "AllFiles" >> beam.Flatten()
-    stats = (read[m.STATS], built[m.STATS], shards[m.STATS]) | "AllStats" >> beam.Flatten()
+    files = (shards.files, dead_files.files) | "AllFiles" >> beam.Flatten()
+    stats = (
+        read[m.STATS],
+        built[m.STATS],
+        shards[m.STATS],
+        dead_files[m.STATS],
+    ) | "AllStats" >> beam.Flatten()
     _ = (files, stats) | "WriteManifest" >> WriteManifest(out, about, build_manifest)
 
 
 # ---------------------------------------------------------------------------------------------
 # The output directory and the launcher
-
-
-class OutputExists(RuntimeError):
-    """--output holds an earlier run and --overwrite was not given (or holds an ALP run)."""
-
-
-def prepare_output(out_dir: str, *, overwrite: bool) -> None:
-    """Refuse a directory holding an earlier run, or remove that run's files (``overwrite``).
-
-    A directory holding an ALP curation run (alps/, phrases/) is refused even with --overwrite:
-    removing only the shards would leave a mix of two runs.
-    """
-    if any(FileSystems.exists(join(out_dir, d)) for d in (ALPS_DIR, PHRASES_DIR)):
-        raise OutputExists(
-            f"output directory {out_dir} holds an ALP curation run (alps/, phrases/); choose "
-            "another --output"
-        )
-    manifest = join(out_dir, MANIFEST_NAME)
-    found = [n for n in (MANIFEST_NAME, *OUTPUTS) if FileSystems.exists(join(out_dir, n))]
-    if not found:
-        return
-    if not overwrite:
-        raise OutputExists(
-            f"output directory {out_dir} holds an earlier run ({', '.join(found)}); pass "
-            "--overwrite to replace it, or choose another --output"
-        )
-    if FileSystems.exists(manifest):  # first: a half-removed run never looks complete
-        FileSystems.delete([manifest])
-    for name in OUTPUTS:
-        if FileSystems.exists(join(out_dir, name)):
-            FileSystems.delete([join(out_dir, name)])
 
 
 def format_summary(manifest: Mapping[str, Any], *, out_dir: str, seconds: float) -> str:
@@ -543,21 +464,14 @@ def format_summary(manifest: Mapping[str, Any], *, out_dir: str, seconds: float)
 
 
 def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> int:
-    """Run the pipeline; returns the exit status (0 when the run completed)."""
+    """Run the pipeline; returns the exit status (pipelines.launcher: 0 when the run completed)."""
     parser = build_parser()
-    args, beam_args = parser.parse_known_args(argv)
-    if args.help_beam:
-        print_beam_help(PROG)  # exits
+    try:
+        args, options = launcher.parse_args(parser, argv, PROG)
+    except launcher.UsageError as exc:
+        return launcher.usage_error(exc)
     if args.instances is None or args.images is None or args.output is None:
         parser.error("--instances, --images and --output are required")
-    unknown = unknown_beam_args(beam_args)
-    if unknown:
-        print(
-            f"error: unrecognized arguments: {' '.join(unknown)} (neither an option of this "
-            "pipeline, see --help, nor a Beam pipeline option, see --help-beam)",
-            file=sys.stderr,
-        )
-        return 2
     try:
         # Everything that can fail before any work is checked here; the output is cleared last.
         matched = FileSystems.match([args.instances])[0].metadata_list
@@ -568,36 +482,53 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> i
             raise FileNotFoundError(f"--images {args.images!r}: no such folder")
         # The launcher reads the file only for its categories; the pipeline reads it again, so
         # that the job graph never carries the annotations.
-        categories = check_instances(json.loads(read_bytes(args.instances)), args.instances)
+        doc = load_instances(read_input(args.instances), args.instances)
+        categories = check_instances(doc, args.instances)
         selection = select_classes(
             categories.values(),
             split=args.split,
             mask_classes=args.mask_classes,
             boxes_for=args.boxes_for,
         )
-        prepare_output(args.output, overwrite=args.overwrite)
-    except (OSError, CocoFormatError, OutputExists, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        prepare_output(
+            args.output,
+            overwrite=args.overwrite,
+            outputs=OUTPUTS,
+            foreign=(ALPS_DIR, PHRASES_DIR),
+            foreign_kind="an ALP curation run",
+        )
+    except (OSError, StreamDamaged, CocoFormatError, OutputExists, ValueError) as exc:
+        return launcher.usage_error(exc)
     about = {
         "alp_version": alp_version(),
         "options": build_options(args),
         "inputs": [{"path": matched[0].path, "size_bytes": size}],
         "classes": selection.to_json(),
     }
-    options = PipelineOptions(beam_args)
-    options.view_as(StandardOptions).runner = args.runner
-    options.view_as(SetupOptions).save_main_session = save_main_session
-    start = time.perf_counter()
-    pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, args, categories, selection, about)
-    state = pipeline.run().wait_until_finish()
-    if state != PipelineState.DONE:
-        print(f"error: the pipeline ended in state {state}", file=sys.stderr)
-        return 1
-    manifest = json.loads(read_bytes(join(args.output, MANIFEST_NAME)))
-    print(format_summary(manifest, out_dir=args.output, seconds=time.perf_counter() - start))
-    return 0
+    finished = launcher.execute(
+        lambda p: build_pipeline(p, args, categories, selection, about),
+        options,
+        args,
+        save_main_session=save_main_session,
+    )
+    if finished is None:
+        return launcher.EXIT_FAILED
+    manifest = finished.manifest
+    print(format_summary(manifest, out_dir=args.output, seconds=finished.seconds))
+    c = manifest["counts"]
+    entries = c["images"]["total"] + c["annotations"]["total"] - c["annotations"]["not_selected"]
+    return launcher.report_dead_letters(
+        entries,
+        c["dead_letters"]["total"],
+        unit="entries (images, and annotations of kept classes)",
+        by_reason=c["dead_letters"]["by_reason"],
+        limit=args.fail_on_dead_letters,
+        hints=lambda: (
+            [f"is --images {args.images} the folder of {args.instances}'s images?"]
+            if c["dead_letters"]["by_reason"].get("image_missing")
+            else []
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -34,10 +34,33 @@ from alp_dataset.coco_shards import (
     segmentation_to_rle,
 )
 from alp_dataset.schema import IMAGE_EXTENSIONS
+from pipelines.input_kinds import COCO_INSTANCES, HEAD_BYTES, LOCNAR_JSONL, kind_of
 
 
 class CocoFormatError(ValueError):
     """The instances file is not COCO instances JSON (checked before the pipeline starts)."""
+
+
+def _locnar_instead(source: str) -> CocoFormatError:
+    return CocoFormatError(
+        f"{source} looks like {LOCNAR_JSONL} (one narrative per line), not {COCO_INSTANCES}: "
+        f"curate it with pipelines/extract_alps.py --input {source}"
+    )
+
+
+def load_instances(data: bytes, source: str) -> Any:
+    """The JSON document of an instances file's bytes; CocoFormatError naming ``source`` when
+    they are not JSON, and saying so when they are Localized Narratives instead."""
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        if kind_of(data[:HEAD_BYTES]) == LOCNAR_JSONL:
+            raise _locnar_instead(source) from None
+        raise CocoFormatError(f"{source} is not JSON ({type(exc).__name__}: {exc})") from None
+    # A one-line LocNar file is valid JSON: an object with a narrative's keys.
+    if isinstance(doc, dict) and "images" not in doc and kind_of(data[:HEAD_BYTES]) == LOCNAR_JSONL:
+        raise _locnar_instead(source)
+    return doc
 
 
 def _is_int(v: Any) -> bool:
@@ -201,6 +224,10 @@ class CocoDeadLetter:
 
     def sort_key(self) -> tuple[Any, ...]:
         return (self.kind, self.id is None, self.id or 0, self.reason, self.raw)
+
+    def part_key(self) -> str:
+        """What chooses the dead letter's file (hashed)."""
+        return f"{self.kind}\n{self.id}\n{self.raw}"
 
 
 NOT_SELECTED = "not_selected"  # the outcome of an annotation whose class is not kept

@@ -2,7 +2,8 @@
 
 `DeadLetter` is a line that became no record; `AlpRow` a row of the ALP table; `PhraseRow` a row of
 the phrase table; `Narrative` and `Sample` feed the WebDataset shards. Field names follow
-`alp_dataset.schema`, where the files they become are defined.
+`alp_dataset.schema`, where the files they become are defined. Dead letters and samples have what
+the shared writers (`pipelines.writers`) ask of them.
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ import numpy as np
 
 from alp_curation.curate import Alp
 from alp_curation.locnar import LocNarRecord
-from alp_dataset.schema import ALP_SORT_KEY, image_key, phrase_id
+from alp_dataset.schema import (
+    ALP_SORT_KEY,
+    SAMPLE_EMBEDDINGS,
+    SAMPLE_JSON,
+    image_key,
+    phrase_id,
+)
 from pipelines.io import RawLine
 
 
@@ -48,6 +55,14 @@ class DeadLetter:
             line.sha256,
             line.truncated,
         )
+
+    def sort_key(self) -> tuple[str, int, str]:
+        """Order of dead letters in a file."""
+        return self.source, self.number, self.reason
+
+    def part_key(self) -> str:
+        """What chooses the dead letter's file (hashed)."""
+        return f"{self.source}\n{self.number}"
 
     def to_json(self) -> dict[str, Any]:
         try:
@@ -146,10 +161,12 @@ class PhraseRow:
 
 @dataclass(frozen=True)
 class Sample:
-    """One WebDataset sample before it is written: the members' bytes, image bytes excepted."""
+    """One WebDataset sample before it is written: its members' bytes and its image file."""
 
     key: str
-    dataset_id: str
-    image_id: str
     alps_json: bytes
     embeddings_npy: bytes
+    image: tuple[str, str] | None = None  # (path, extension) under --images, when found
+
+    def members(self) -> dict[str, bytes]:
+        return {SAMPLE_JSON: self.alps_json, SAMPLE_EMBEDDINGS: self.embeddings_npy}

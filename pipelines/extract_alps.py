@@ -25,44 +25,35 @@ import argparse
 import json
 import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import (
-    DirectOptions,
-    PipelineOptions,
-    SetupOptions,
-    StandardOptions,
-)
-from apache_beam.runners.runner import PipelineState
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
 from alp_curation.curate import DEFAULT_TEMPORAL_PADDING
 from alp_curation.embedding_cache import EmbeddingCache, EmbeddingCacheError
 from alp_curation.encoders import EncoderUnavailable
 from alp_curation.tagging import DEFAULT_MODEL, ModelUnavailable
-from alp_dataset.schema import MANIFEST_NAME
+from pipelines import launcher, writers
 from pipelines import manifest as m
-from pipelines import writers
+from pipelines.input_kinds import COCO_INSTANCES, HEAD_BYTES, LOCNAR_JSONL, kind_of
 from pipelines.io import (
     BeamStorage,
     NoInputFiles,
     OutputExists,
-    join,
     match_inputs,
     prepare_output,
-    read_bytes,
+    read_head,
 )
 from pipelines.options import (
+    add_dead_letter_limit_flag,
     add_help_beam_flag,
     add_runner_flag,
     alp_version,
     non_negative_float,
     positive_int,
-    print_beam_help,
-    unknown_beam_args,
 )
 from pipelines.samples import NARRATIVES, BuildSamples
 from pipelines.transforms import (
@@ -81,6 +72,7 @@ PROG = "beam run pipelines/extract_alps.py"
 LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "PrismRunner")
 DEFAULT_TEXT_ENCODER = "open_clip:ViT-B-32:openai"
 MIB = 2**20
+MAX_HINTED_INPUTS = 10  # inputs whose kind is named when every line became a dead letter
 
 DESCRIPTION = """\
 Curate Localized Narratives (JSONL) into approximately localized phrases (ALPs): a Parquet ALP
@@ -241,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(summed over workers) to this JSON file; they are kept out of the manifest, which "
         "must not change between identical runs",
     )
+    add_dead_letter_limit_flag(parser, "input lines")
     add_help_beam_flag(parser)
     return parser
 
@@ -295,7 +288,7 @@ def build_pipeline(
         encoder_config, args.embedding_cache, args.embedding_buckets, args.embed_batch_size
     )
     samples = (curated.alps, phrases.phrases, curated[NARRATIVES]) | "BuildSamples" >> (
-        BuildSamples(encoder["dim"])
+        BuildSamples(encoder["dim"], args.images)
     )
     dead = (read[DEAD_LETTERS], parsed[DEAD_LETTERS], curated[DEAD_LETTERS]) | (
         "AllDeadLetters" >> beam.Flatten()
@@ -308,7 +301,13 @@ def build_pipeline(
         >> writers.write_phrase_table(
             out, args.phrase_rows_per_file, encoder["dim"], encoder["id"]
         ),
-        samples | "WriteShards" >> writers.write_shards(out, args.shard_size, args.images),
+        samples
+        | "WriteShards"
+        >> writers.write_shards(
+            out,
+            args.shard_size,
+            image_stats=(m.IMAGES_FOUND, m.IMAGES_MISSING) if args.images else None,
+        ),
         dead | "WriteDeadLetters" >> writers.write_dead_letters(out, dead_per_file),
     ]
     files = [w.files for w in written] | "AllFiles" >> beam.Flatten()
@@ -322,23 +321,30 @@ def build_pipeline(
     _ = (files, stats) | "WriteManifest" >> writers.WriteManifest(out, about)
 
 
+def _input_hints(paths: Sequence[str]) -> list[str]:
+    """What the first inputs look like, when not LocNar JSONL (after every line was rejected)."""
+    hints = []
+    for path in paths[:MAX_HINTED_INPUTS]:
+        kind = kind_of(read_head(path, HEAD_BYTES))
+        if kind == COCO_INSTANCES:
+            hints.append(
+                f"{path} looks like {kind}, not {LOCNAR_JSONL}: make shards of it with "
+                f"pipelines/build_coco_shards.py --instances {path}"
+            )
+        elif kind is not None and kind != LOCNAR_JSONL:
+            hints.append(f"{path} looks like {kind}, not {LOCNAR_JSONL} (UTF-8)")
+    return hints
+
+
 def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> int:
-    """Run the pipeline; returns the exit status (0 when the run completed)."""
+    """Run the pipeline; returns the exit status (pipelines.launcher: 0 when the run completed)."""
     parser = build_parser()
-    args, beam_args = parser.parse_known_args(argv)
-    if args.help_beam:
-        print_beam_help(PROG)  # exits
+    try:
+        args, options = launcher.parse_args(parser, argv, PROG)
+    except launcher.UsageError as exc:
+        return launcher.usage_error(exc)
     if args.input is None or args.output is None:
         parser.error("--input and --output are required")
-    unknown = unknown_beam_args(beam_args)
-    if unknown:
-        print(
-            f"error: unrecognized arguments: {' '.join(unknown)} (neither an option of this "
-            "pipeline, see --help, nor a Beam pipeline option, see --help-beam)",
-            file=sys.stderr,
-        )
-        return 2
-    options = PipelineOptions(beam_args)
     encoder_config = EncoderConfig(
         args.text_encoder, args.encoder_device, _encoder_threads(args, options)
     )
@@ -366,8 +372,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> i
         EmbeddingCacheError,
         ValueError,
     ) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return launcher.usage_error(exc)
     about = {
         "options": curation_options(args),
         "inputs": inputs,
@@ -375,24 +380,33 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> i
         "encoder": {"id": encoder.id, "dim": encoder.dim},
         "alp_version": alp_version(),
     }
-    options.view_as(StandardOptions).runner = args.runner
-    options.view_as(SetupOptions).save_main_session = save_main_session
-    start = time.perf_counter()
-    pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, args, [path for path, _ in inputs], about, encoder_config)
-    result = pipeline.run()
-    state = result.wait_until_finish()
-    if state != PipelineState.DONE:
-        print(f"error: the pipeline ended in state {state}", file=sys.stderr)
-        return 1
-    manifest = json.loads(read_bytes(join(args.output, MANIFEST_NAME)))
-    seconds = time.perf_counter() - start
-    stages = m.stage_seconds(result.metrics())
-    print(m.format_summary(manifest, out_dir=args.output, seconds=seconds, stages=stages))
+    paths = [path for path, _ in inputs]
+    finished = launcher.execute(
+        lambda p: build_pipeline(p, args, paths, about, encoder_config),
+        options,
+        args,
+        save_main_session=save_main_session,
+    )
+    if finished is None:
+        return launcher.EXIT_FAILED
+    stages = m.stage_seconds(finished.result.metrics())
+    counts = finished.manifest["counts"]
+    print(
+        m.format_summary(
+            finished.manifest, out_dir=args.output, seconds=finished.seconds, stages=stages
+        )
+    )
     if args.timings_json:
-        timings = {"wall_seconds": seconds, "stage_seconds": stages}
+        timings = {"wall_seconds": finished.seconds, "stage_seconds": stages}
         Path(args.timings_json).write_text(json.dumps(timings, indent=2, sort_keys=True) + "\n")
-    return 0
+    return launcher.report_dead_letters(
+        counts["input_lines"],
+        counts["dead_letters"]["total"],
+        unit="input lines",
+        by_reason=counts["dead_letters"]["by_reason"],
+        limit=args.fail_on_dead_letters,
+        hints=lambda: _input_hints(paths),
+    )
 
 
 if __name__ == "__main__":

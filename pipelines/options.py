@@ -66,3 +66,21 @@ def alp_version() -> str:
         return metadata.version("alp")
     except metadata.PackageNotFoundError:
         return "unknown"
+
+
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {text}")
+    return value
+
+
+def add_dead_letter_limit_flag(parser: argparse.ArgumentParser, unit: str) -> None:
+    parser.add_argument(
+        "--fail-on-dead-letters",
+        type=fraction,
+        metavar="FRACTION",
+        help=f"exit with status 3 when more than FRACTION of the {unit} became dead letters (0: "
+        "any dead letter fails); the outputs are written in full either way. Without it the run "
+        f"succeeds, with a loud warning when every one of the {unit} became a dead letter",
+    )

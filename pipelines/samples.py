@@ -20,6 +20,7 @@ from apache_beam import pvalue
 
 from alp_dataset.schema import SCHEMA_VERSION, sample_key
 from pipelines.elements import AlpRow, Narrative, PhraseRow, Sample
+from pipelines.io import find_image
 
 NARRATIVES = "narratives"
 
@@ -66,9 +67,14 @@ def alp_json(row: AlpRow) -> dict[str, Any]:
 
 
 def build_sample(
-    key: str, alps: Iterable[tuple[AlpRow, np.ndarray]], narratives: Iterable[Narrative], dim: int
+    key: str,
+    alps: Iterable[tuple[AlpRow, np.ndarray]],
+    narratives: Iterable[Narrative],
+    dim: int,
+    images_root: str | None = None,
 ) -> Sample | None:
-    """The sample of one image; None when the image has no ALP."""
+    """The sample of one image, with its image file when ``images_root`` holds one; None when the
+    image has no ALP."""
     pairs = sorted(alps, key=lambda pair: pair[0].sort_key())
     if not pairs:
         return None
@@ -87,28 +93,32 @@ def build_sample(
     buffer = io.BytesIO()
     np.save(buffer, embeddings, allow_pickle=False)
     text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return Sample(
-        sample_key(key), first.dataset_id, first.image_id, text.encode("utf-8"), buffer.getvalue()
-    )
+    image = None
+    if images_root is not None:
+        image = find_image(images_root, first.dataset_id, first.image_id)
+    return Sample(sample_key(key), text.encode("utf-8"), buffer.getvalue(), image)
 
 
 class BuildSampleFn(beam.DoFn):
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, images_root: str | None) -> None:
         self.dim = dim
+        self.images_root = images_root
 
     def process(self, element: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[Sample]:
         key, joined = element
-        sample = build_sample(key, joined["alps"], joined[NARRATIVES], self.dim)
+        sample = build_sample(key, joined["alps"], joined[NARRATIVES], self.dim, self.images_root)
         if sample is not None:
             yield sample
 
 
 class BuildSamples(beam.PTransform):
-    """(AlpRow, PhraseRow, (image key, Narrative)) -> Sample, one per image with an ALP."""
+    """(AlpRow, PhraseRow, (image key, Narrative)) -> Sample, one per image with an ALP; its
+    image file is looked up under ``images_root`` (the shard writer reads it)."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, images_root: str | None = None) -> None:
         super().__init__()
         self.dim = dim
+        self.images_root = images_root
 
     def expand(self, inputs: tuple[pvalue.PCollection, ...]) -> pvalue.PCollection:
         alps, phrases, narratives = inputs
@@ -123,5 +133,5 @@ class BuildSamples(beam.PTransform):
         return (
             {"alps": with_embeddings, NARRATIVES: narratives}
             | "GroupByImage" >> beam.CoGroupByKey()
-            | "BuildSample" >> beam.ParDo(BuildSampleFn(self.dim))
+            | "BuildSample" >> beam.ParDo(BuildSampleFn(self.dim, self.images_root))
         )

@@ -9,11 +9,8 @@ process (`shared_tagger`, `shared_encoder`), never in the launcher's pickled sta
 
 from __future__ import annotations
 
-import gzip
 import json
-import lzma
 import threading
-import zlib
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -30,13 +27,11 @@ from alp_curation.tagging import Tagger
 from alp_dataset.schema import image_key, phrase_id
 from pipelines import manifest as m
 from pipelines.elements import AlpRow, DeadLetter, Narrative, PhraseRow, SourcedRecord
-from pipelines.io import BeamStorage, RawLine, iter_lines, open_input
+from pipelines.io import BeamStorage, RawLine, StreamDamaged, iter_lines, open_input
 from pipelines.samples import NARRATIVES
 
 DEAD_LETTERS = "dead_letters"
 INT64_MAX = 2**63 - 1
-# What decompressing a corrupt .gz / .xz raises (a truncated .gz just ends early).
-CORRUPT_DATA_ERRORS = (EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile)
 
 # ---------------------------------------------------------------------------------------------
 # Models, once per worker process
@@ -92,8 +87,14 @@ def shared_encoder(config: EncoderConfig) -> SharedModel:
 
 
 class ReadLinesFn(beam.DoFn):
-    """Input file path -> its non-blank lines (RawLine); a file unreadable past some line ends in
-    a "read_error" dead letter for that line."""
+    """Input file path -> its non-blank lines (RawLine); a file that cannot be read to its end
+    gives, after the lines read before the damage, one "read_error" dead letter on the line
+    after the last good one.
+
+    The damage may be a compressed stream cut short (even at a line boundary) or corrupt
+    (`StreamDamaged`), or a file that cannot be read at all: a folder, a FIFO, no permission.
+    Each is one dead letter, never a failed run: the runner's retries would fail the same way.
+    """
 
     def __init__(self, max_line_bytes: int) -> None:
         self.max_line_bytes = max_line_bytes
@@ -109,9 +110,7 @@ class ReadLinesFn(beam.DoFn):
                         continue
                     lines += 1
                     yield line
-        except CORRUPT_DATA_ERRORS as exc:
-            # The rest of the file cannot be read; other errors (I/O) fail the bundle, which the
-            # runner retries.
+        except (StreamDamaged, OSError) as exc:
             yield from self._read_error(path, number + 1, exc)
             lines += 1
         yield m.stat(m.INPUT_LINES, lines)
@@ -120,7 +119,9 @@ class ReadLinesFn(beam.DoFn):
     @staticmethod
     def _read_error(path: str, number: int, exc: BaseException) -> Iterator[Any]:
         line = RawLine(path, number, b"", 0)
-        message = f"{path}: cannot read past line {number - 1}: {type(exc).__name__}: {exc}"
+        good = f"after line {number - 1}" if number > 1 else "from its first line"
+        detail = exc.message if isinstance(exc, StreamDamaged) else f"{type(exc).__name__}: {exc}"
+        message = f"{path}: cannot be read {good}: {detail}"
         yield pvalue.TaggedOutput(DEAD_LETTERS, DeadLetter.of(line, "read_error", "", message))
         yield m.stat(m.DEAD_LETTER + "read_error")
 
@@ -177,9 +178,8 @@ class ParseLineFn(beam.DoFn):
             return
         if not -INT64_MAX - 1 <= record.annotator_id <= INT64_MAX:
             message = f"annotator_id = {record.annotator_id} does not fit in a signed 64-bit int"
-            yield pvalue.TaggedOutput(
-                DEAD_LETTERS, DeadLetter.of(line, "out_of_range", "annotator_id", message)
-            )
+            letter = DeadLetter.of(line, "out_of_range", "annotator_id", message, record.key)
+            yield pvalue.TaggedOutput(DEAD_LETTERS, letter)
             yield m.stat(m.DEAD_LETTER + "out_of_range")
             return
         yield SourcedRecord(line.source, line.number, record)

@@ -1,5 +1,8 @@
 """Output files that are byte-identical whatever the runner, worker count or bundle order.
 
+One writer per kind of file serves both pipelines (`extract_alps`, `build_coco_shards`): Parquet
+parts, WebDataset shards, dead-letter parts and the manifest.
+
 Beam's file sinks name shards after the bundles that wrote them, so their bytes change from run
 to run. Here instead every row goes to file ``stable_hash(key) % n_files``, with ``n_files``
 derived from the row count (a side input); each file's rows are grouped, sorted, and written by
@@ -11,28 +14,24 @@ the set of file names depends on the counts alone.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import tarfile
+import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam import pvalue
-from apache_beam.io.filesystems import FileSystems
+from webdataset import TarWriter
 
 from alp_dataset.schema import (
     ALP_SCHEMA,
     ALPS_DIR,
     DEAD_LETTERS_DIR,
-    IMAGE_EXTENSIONS,
     MANIFEST_NAME,
     PHRASES_DIR,
-    SAMPLE_EMBEDDINGS,
-    SAMPLE_JSON,
     SHARDS_DIR,
     n_parts,
     part_name,
@@ -40,8 +39,8 @@ from alp_dataset.schema import (
     shard_name,
 )
 from pipelines import manifest as m
-from pipelines.elements import AlpRow, DeadLetter, PhraseRow, Sample
-from pipelines.io import join, remove_temp_files, write_atomic, write_bytes_atomic
+from pipelines.elements import AlpRow, PhraseRow
+from pipelines.io import join, read_file, remove_temp_files, write_atomic, write_bytes_atomic
 
 ALP_ROW_GROUP_ROWS = 65_536
 PHRASE_ROW_GROUP_ROWS = 8_192  # rows carry a (D,) embedding: ~16 MiB per group at D = 512
@@ -68,11 +67,31 @@ def phrase_part(row: PhraseRow) -> int:
     return row.phrase_id
 
 
-def dead_letter_part(letter: DeadLetter) -> int:
-    return stable_hash(f"{letter.source}\n{letter.number}")
+class DeadLetterRow(Protocol):
+    """What the dead-letter writer needs of a pipeline's dead letters."""
+
+    def to_json(self) -> dict[str, Any]: ...
+
+    def sort_key(self) -> tuple[Any, ...]: ...
+
+    def part_key(self) -> str: ...  # hashed to choose the file
 
 
-def sample_part(sample: Sample) -> int:
+class ShardSample(Protocol):
+    """What the shard writer needs of a pipeline's samples: the key, the members' bytes by
+    extension, and the image file, if any, whose bytes become the member ``<key>.<extension>``."""
+
+    key: str
+    image: tuple[str, str] | None  # (path, extension)
+
+    def members(self) -> dict[str, bytes]: ...
+
+
+def dead_letter_part(letter: DeadLetterRow) -> int:
+    return stable_hash(letter.part_key())
+
+
+def sample_part(sample: ShardSample) -> int:
     return stable_hash(sample.key)
 
 
@@ -177,12 +196,8 @@ class WriteParquetPartFn(beam.DoFn):
         yield self.subdir, f"{self.subdir}/{name}", table.num_rows
 
 
-def _dead_letter_order(letter: DeadLetter) -> tuple[str, int, str]:
-    return letter.source, letter.number, letter.reason
-
-
 class WriteDeadLetterPartFn(beam.DoFn):
-    """((index, n), dead letters) -> writes dead_letters/part-index-of-n.jsonl."""
+    """((index, n), dead letters) -> writes dead_letters/part-index-of-n.jsonl, sorted."""
 
     def __init__(self, out_dir: str) -> None:
         self.out_dir = out_dir
@@ -191,7 +206,7 @@ class WriteDeadLetterPartFn(beam.DoFn):
         (index, n), letters = element
         name = part_name(index, n, "jsonl")
         with m.timed("write"):
-            rows = _rows(letters, _dead_letter_order)
+            rows = _rows(letters, lambda letter: letter.sort_key())
             text = "".join(
                 json.dumps(r.to_json(), sort_keys=True, ensure_ascii=False) + "\n" for r in rows
             )
@@ -199,43 +214,45 @@ class WriteDeadLetterPartFn(beam.DoFn):
         yield DEAD_LETTERS_DIR, f"{DEAD_LETTERS_DIR}/{name}", len(rows)
 
 
-def _safe_path_part(name: str) -> bool:
-    return bool(name) and not name.startswith(".") and "/" not in name and "\\" not in name
-
-
-def find_image(root: str, dataset_id: str, image_id: str) -> tuple[str, str] | None:
-    """(path, extension) of ROOT/<dataset_id>/<image_id>.<ext> or ROOT/<image_id>.<ext>."""
-    if not _safe_path_part(image_id):
-        return None  # an id like "../x" must not read files outside the root
-    folders = [join(root, dataset_id)] if _safe_path_part(dataset_id) else []
-    for folder in [*folders, root]:
-        for ext in IMAGE_EXTENSIONS:
-            path = join(folder, f"{image_id}.{ext}")
-            if FileSystems.exists(path):
-                return path, ext
-    return None
-
-
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = 0  # fixed owner, mode and time: the bytes depend on the content alone
-    info.mode = 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(data))
-
-
-def _sample_order(sample: Sample) -> str:
+def _sample_order(sample: ShardSample) -> str:
     return sample.key
 
 
-class WriteShardFn(beam.DoFn):
-    """((index, n), samples) -> writes shards/shard-index.tar; yields ("shards", path, samples)."""
+def _tar_writer(f: Any) -> TarWriter:
+    # Fixed owner, mode and time: a shard's bytes depend on its content alone. PAX, the format
+    # tarfile writes by default, keeps long and non-ASCII names; TarWriter 1.0 drops its format
+    # argument and takes tarfile's default, later versions honour it: PAX either way.
+    return TarWriter(f, user="", group="", mode=0o644, mtime=0, encoder=False, format="PAX_FORMAT")
 
-    def __init__(self, out_dir: str, images_root: str | None) -> None:
+
+class WriteShardFn(beam.DoFn):
+    """((index, n), samples) -> writes shards/shard-index.tar; yields ("shards", path, samples).
+
+    Samples are sorted by key and their members written in the order of their extensions
+    (webdataset's TarWriter sorts them). ``samples_stat`` counts the samples written. With
+    ``image_stats`` (found, missing), images are optional: one that cannot be read (gone, a
+    folder, a FIFO, no permission) leaves its sample without an image and is counted missing.
+    Without, every sample's image was checked upstream and a failed read fails the bundle.
+    """
+
+    def __init__(
+        self, out_dir: str, samples_stat: str, image_stats: tuple[str, str] | None = None
+    ) -> None:
         self.out_dir = out_dir
-        self.images_root = images_root
+        self.samples_stat = samples_stat
+        self.image_stats = image_stats
+
+    def _image(self, sample: ShardSample) -> dict[str, bytes]:
+        if sample.image is None:
+            return {}
+        path, extension = sample.image
+        data = read_file(path)
+        if data is None:
+            if self.image_stats is None:
+                raise OSError(f"{path}: the image of sample {sample.key} cannot be read")
+            logging.warning("%s: cannot read the image of sample %s", path, sample.key)
+            return {}
+        return {extension: data}
 
     def process(self, element: tuple[PartKey, Iterable[Any]]) -> Iterator[Any]:
         (index, _), samples = element
@@ -244,26 +261,21 @@ class WriteShardFn(beam.DoFn):
 
         def write(f: Any) -> None:
             nonlocal found
-            with tarfile.open(fileobj=f, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            with _tar_writer(f) as tar:
                 for s in rows:
-                    _add_member(tar, f"{s.key}.{SAMPLE_JSON}", s.alps_json)
-                    _add_member(tar, f"{s.key}.{SAMPLE_EMBEDDINGS}", s.embeddings_npy)
-                    if self.images_root is None:
-                        continue
-                    image = find_image(self.images_root, s.dataset_id, s.image_id)
-                    if image is not None:
-                        with FileSystems.open(image[0]) as img:
-                            _add_member(tar, f"{s.key}.{image[1]}", img.read())
-                        found += 1
+                    image = self._image(s)
+                    found += bool(image)
+                    tar.write({"__key__": s.key, **s.members(), **image})
 
         name = shard_name(index)
         with m.timed("write"):
             write_atomic(join(self.out_dir, SHARDS_DIR, name), write)
         yield SHARDS_DIR, f"{SHARDS_DIR}/{name}", len(rows)
-        yield m.stat(m.SAMPLES, len(rows))
-        if self.images_root is not None:
-            yield m.stat(m.IMAGES_FOUND, found)
-            yield m.stat(m.IMAGES_MISSING, len(rows) - found)
+        yield m.stat(self.samples_stat, len(rows))
+        if self.image_stats is not None:
+            found_stat, missing_stat = self.image_stats
+            yield m.stat(found_stat, found)
+            yield m.stat(missing_stat, len(rows) - found)
 
 
 class WriteParts(beam.PTransform):
@@ -312,8 +324,16 @@ def write_dead_letters(out_dir: str, rows_per_file: int) -> WriteParts:
     return WriteParts(rows_per_file, dead_letter_part, WriteDeadLetterPartFn(out_dir))
 
 
-def write_shards(out_dir: str, shard_size: int, images_root: str | None) -> WriteParts:
-    return WriteParts(shard_size, sample_part, WriteShardFn(out_dir, images_root))
+def write_shards(
+    out_dir: str,
+    shard_size: int,
+    *,
+    samples_stat: str = m.SAMPLES,
+    image_stats: tuple[str, str] | None = None,
+) -> WriteParts:
+    """Samples -> shards/shard-NNNNNN.tar (`WriteShardFn`), about ``shard_size`` samples each."""
+    fn = WriteShardFn(out_dir, samples_stat, image_stats)
+    return WriteParts(shard_size, sample_part, fn)
 
 
 def build_alp_manifest(

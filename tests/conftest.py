@@ -5,7 +5,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -50,6 +51,25 @@ def _guarded_connect(self: socket.socket, address: object) -> None:
     if not _is_local(address):
         raise OSError(f"tests must not reach the network (attempted connection to {address!r})")
     return _real_connect(self, address)
+
+
+FlushedGzip = Callable[[list[bytes]], tuple[bytes, list[int]]]
+
+
+def _flushed_gzip(lines: list[bytes]) -> tuple[bytes, list[int]]:
+    packer = zlib.compressobj(6, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+    blob, ends = b"", []
+    for line in lines:
+        blob += packer.compress(line + b"\n") + packer.flush(zlib.Z_FULL_FLUSH)
+        ends.append(len(blob))
+    return blob + packer.flush(), ends
+
+
+@pytest.fixture(scope="session")
+def flushed_gzip() -> FlushedGzip:
+    """``lines -> (gzip bytes, where each line's compressed bytes end)``: a full flush after each
+    line puts its block on a byte boundary, so a test can cut or break the stream at a line."""
+    return _flushed_gzip
 
 
 @pytest.fixture(autouse=True)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import io
 import json
 from pathlib import Path
 
@@ -81,3 +82,23 @@ def test_every_line_is_accounted_for(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_missing_input_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([str(tmp_path / "nope.jsonl")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_cut_gz_and_a_byte_order_mark_are_read_as_the_pipeline_reads_them(
+    tmp_path: Path,
+) -> None:
+    from alp_curation.cli import Tally, input_lines, parse_lines
+
+    lines = [json.dumps(s.narrative).encode() for s in make_world(4, seed=3)]
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + b"\n".join(lines[:2]) + b"\n")
+    cut = tmp_path / "cut.jsonl.gz"
+    packed = gzip.compress(b"\n".join(lines[2:]) + b"\n", mtime=0)
+    cut.write_bytes(packed[: len(packed) - 4])  # inside the trailer: every line came out whole
+    tally = Tally()
+    dead = io.StringIO()
+    records = list(parse_lines(input_lines([bom, cut]), tally, dead))
+    assert len(records) == 4 and tally.records == 4  # the first line parsed, BOM and all
+    assert tally.lines == 5 and tally.dead_letters == {"read_error": 1}
+    (letter,) = map(json.loads, dead.getvalue().splitlines())
+    assert letter["source"] == f"{cut}:3" and "cut short" in letter["message"]

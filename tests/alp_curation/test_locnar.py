@@ -156,7 +156,7 @@ REASON_CASES = [
     (_VALID[:-7], "json_decode", "", ""),
     ("[1, 2]", "not_an_object", "", ""),
     (_mutate(("caption",), _DELETE), "missing_field", "caption", "open_images/abc/7"),
-    (_mutate(("annotator_id",), "7"), "wrong_type", "annotator_id", ""),
+    (_mutate(("annotator_id",), "7"), "wrong_type", "annotator_id", "open_images/abc"),
     (_mutate(("image_id",), ""), "empty_field", "image_id", ""),
     (
         _mutate(("timed_caption", 1, "end_time"), float("nan")),
@@ -377,3 +377,22 @@ def test_mutated_records_raise_only_invalid_record(
     except InvalidRecord as exc:
         assert exc.reason in REASONS
         assert str(exc)
+
+
+@pytest.mark.parametrize("value", [_DELETE, "7", 7.0, True, None, [7]])
+def test_a_bad_annotator_id_still_names_the_image(value: Any) -> None:
+    with pytest.raises(InvalidRecord) as info:
+        parse_record(_mutate(("annotator_id",), value))
+    assert info.value.field == "annotator_id"
+    assert info.value.record_key == "open_images/abc"  # the image key: both ids were read
+    assert str(info.value).startswith("open_images/abc: annotator_id ")
+
+
+def test_record_keys_escape_ids_that_hold_the_separator() -> None:
+    obj = valid_obj()
+    obj.update(dataset_id="x/a", image_id="b")
+    assert parse_record(line_of(obj)).key == "x%2Fa/b/7"
+    obj.update(dataset_id="x", image_id="a/b", caption=5)
+    with pytest.raises(InvalidRecord) as info:
+        parse_record(line_of(obj))
+    assert info.value.record_key == "x/a%2Fb/7"

@@ -487,6 +487,36 @@ def test_corrupt_shards_are_skipped_with_a_warning_and_a_count(
         list(AlpShardDataset(urls, shuffle_buffer=0, on_error="raise"))
 
 
+def _header_offsets(data: bytes) -> list[int]:
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return [m.offset for m in tar.getmembers()]
+
+
+def _corrupt_header(data: bytes, offset: int) -> bytes:
+    broken = bytearray(data)
+    broken[offset + 5] ^= 0x55  # inside the name: the checksum no longer matches
+    return bytes(broken)
+
+
+def test_the_coco_dataset_counts_the_shard_and_the_broken_sample(
+    coco_shard: tuple[str, list[Any]], tmp_path: Path
+) -> None:
+    url, images = coco_shard
+    data = Path(url).read_bytes()
+    broken = tmp_path / "coco-broken.tar"
+    broken.write_bytes(_corrupt_header(data, _header_offsets(data)[2]))  # sample 1's json
+    dataset = CocoShardDataset(str(broken), shuffle_buffer=0)
+    with pytest.warns(CorruptDataWarning) as caught, warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # pycocotools' numpy 2 notice
+        samples = list(dataset)
+    assert [t["image_id"] for _, t in samples] == [images[0].index, images[2].index]
+    assert dataset.error_counts() == {"bad_shards": 1, "bad_samples": 1}
+    messages = [str(w.message) for w in caught if w.category is CorruptDataWarning]
+    assert len(messages) == 2
+    assert "resumed at the next valid header" in messages[0]
+    assert "no instances.json member" in messages[1]
+
+
 @pytest.mark.timeout(120)
 def test_counts_from_loader_workers_reach_the_training_process(
     damaged_shards: tuple[list[str], int],

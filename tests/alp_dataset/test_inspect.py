@@ -221,6 +221,25 @@ def test_load_ground_truth_decodes_polygons_and_rle(tmp_path: Path) -> None:
     assert load_ground_truth(path, "43") == ([], [f"no image 43 in {path}"])
 
 
+def test_ground_truth_masks_that_are_no_valid_mask_are_left_out(tmp_path: Path) -> None:
+    bad = [
+        {"size": [10, 20], "counts": "0"},  # runs that do not cover the image: an overrun before
+        [[0, 0, 1e9, 0, 1e9, 1e9]],  # pycocotools drew it point by point and crashed
+    ]
+    instances = {
+        "images": [{"id": 42, "file_name": "000042.jpg", "width": 20, "height": 10}],
+        "categories": [{"id": 1, "name": "dog"}],
+        "annotations": [
+            {"image_id": 42, "category_id": 1, "bbox": [1, 1, 4, 4], "segmentation": seg}
+            for seg in bad
+        ],
+    }
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps(instances))
+    gt, _ = load_ground_truth(path, "42")
+    assert [(g.name, g.mask) for g in gt] == [("dog", None), ("dog", None)]  # boxes kept
+
+
 def test_an_unknown_image_is_refused_with_ids_that_exist(tiny_run: Path) -> None:
     store = AlpStore.open(tiny_run)
     with pytest.raises(InspectError, match=r"'404' has no ALP .*4 image\(s\) have, e\.g\. 1 "):

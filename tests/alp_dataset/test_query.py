@@ -86,7 +86,7 @@ def test_open_refuses_another_schema_version(
     tmp_path: Path, run_writer: RunWriter, tiny_alps: tuple[Any, ...]
 ) -> None:
     run = run_writer(tmp_path / "run", tiny_alps, schema_version="0.9")
-    with pytest.raises(ValueError, match=r"schema_version is '0.9'.*reads \['1.0'\]"):
+    with pytest.raises(ValueError, match=r"schema_version is '0.9'.*reads \['1.0', '1.1'\]"):
         AlpStore.open(run)
 
 

@@ -14,11 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from alp_curation.embedding_cache import phrase_id as cache_phrase_id
-from alp_curation.locnar import REASONS
+from alp_curation.locnar import REASONS, record_key, split_key
 from alp_dataset import schema
 from alp_dataset.schema import (
     ALP_SCHEMA,
     SCHEMA_VERSION,
+    image_key,
     image_key_of_sample,
     manifest_problems,
     n_parts,
@@ -56,6 +57,30 @@ def test_sample_keys_round_trip_and_hold_no_dot_or_slash(image_key: str) -> None
     key = sample_key(image_key)
     assert re.fullmatch(r"[A-Za-z0-9_%-]+", key)
     assert image_key_of_sample(key) == image_key
+
+
+IDS = st.text(UNICODE, min_size=1, max_size=12) | st.sampled_from(["x", "a/b", "x/a", "%2F", "/"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(first=st.tuples(IDS, IDS), second=st.tuples(IDS, IDS))
+def test_image_keys_of_different_images_differ(
+    first: tuple[str, str], second: tuple[str, str]
+) -> None:
+    key = image_key(*first)
+    assert split_key(key) == first  # the ids come back from the key
+    assert image_key_of_sample(sample_key(key)) == key  # and from the sample key
+    if first != second:
+        assert key != image_key(*second)
+        assert sample_key(key) != sample_key(image_key(*second))
+
+
+def test_image_keys_escape_only_ids_holding_the_separator_or_the_escape() -> None:
+    assert image_key("x/a", "b") == "x%2Fa/b"
+    assert image_key("x", "a/b") == "x/a%2Fb"
+    assert image_key("mscoco_val2017", "137576") == "mscoco_val2017/137576"  # as in 1.0
+    assert image_key("d", "50%") == "d/50%25"
+    assert record_key("x/a", "b", 7) == "x%2Fa/b/7"
 
 
 def test_sample_key_examples() -> None:

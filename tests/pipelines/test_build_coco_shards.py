@@ -9,6 +9,7 @@ download the Prism runner).
 from __future__ import annotations
 
 import contextlib
+import gzip
 import io
 import json
 import shutil
@@ -528,6 +529,50 @@ def test_launcher_refuses_bad_inputs_before_any_work(
     assert status == 2 and "--not_an_option" in err
 
 
+def test_an_instances_file_that_is_not_coco_json_is_named_and_recognised(
+    coco_inputs: CocoInputs, tmp_path: Path
+) -> None:
+    world = write_world(tmp_path / "world", 2, seed=1)
+    one_line = tmp_path / "one.jsonl"
+    one_line.write_bytes(world.narratives.read_bytes().splitlines()[0] + b"\n")
+    not_json = tmp_path / "notes.json"
+    not_json.write_text('{"images": nope}')
+    cases = [
+        (world.narratives, "looks like Localized Narratives JSONL"),  # many lines: not JSON
+        (one_line, "looks like Localized Narratives JSONL"),  # one line: JSON, not COCO
+        (not_json, f"{not_json} is not JSON (JSONDecodeError: Expecting value"),
+    ]
+    for path, message in cases:
+        status, _, err = build(
+            "--instances", str(path), "--images", str(coco_inputs.images),
+            "--output", str(tmp_path / "out"),
+        )  # fmt: skip
+        assert status == 2 and message in err and str(path) in err, err
+        assert "Traceback" not in err and not (tmp_path / "out").exists()
+        if "Localized Narratives" in message:
+            assert f"curate it with pipelines/extract_alps.py --input {path}" in err
+
+
+def test_a_run_whose_every_image_is_a_dead_letter_warns_and_can_fail(
+    coco_inputs: CocoInputs, tmp_path: Path
+) -> None:
+    packed = tmp_path / "instances.json.gz"  # compressed instances are read by extension
+    packed.write_bytes(gzip.compress(coco_inputs.instances.read_bytes(), mtime=0))
+    empty = tmp_path / "wrong-folder"
+    empty.mkdir()
+    argv = ["--instances", str(packed), "--images", str(empty), "--split", "coco_voc"]
+    status, _, err = build(*argv, "--output", str(tmp_path / "a"))
+    assert status == 0
+    assert "warning: every one of the" in err and f"is --images {empty}" in err
+    manifest = json.loads((tmp_path / "a" / MANIFEST_NAME).read_text())
+    assert manifest_problems(manifest) == []
+    images = manifest["counts"]["images"]
+    assert images["dead_letters"] == images["total"] > 0
+    status, _, err = build(*argv, "--output", str(tmp_path / "b"), "--fail-on-dead-letters", "0.5")
+    assert status == 3 and "more than --fail-on-dead-letters 0.5 allows" in err
+    assert (tmp_path / "b" / MANIFEST_NAME).exists()  # the outputs are complete all the same
+
+
 def test_the_shards_feed_the_coco_dataset(voc_run: Path, coco_inputs: CocoInputs) -> None:
     from alp_dataset.datasets import CocoShardDataset
 
@@ -580,6 +625,8 @@ def test_segmentation_to_rle_merges_polygons_and_names_what_is_wrong() -> None:
         ([[1, 2, "3", 4, 5, 6]], "segmentation[0]", "finite numbers"),
         ([[1, 2, 3, 4]], "segmentation", "3 or more points"),
         ([[0, 0, 5, 0, 10, 0]], "segmentation", "empty"),  # a flat polygon covers nothing
+        ([[0, 0, 1e9, 0, 1e9, 1e9]], "segmentation[0]", "beyond"),  # crashed pycocotools
+        ([[0, 0, 5, -21, 5, 5]], "segmentation[0]", r"y coordinates span \[-21, 5\]"),
         ({"size": [20, 31], "counts": [600]}, "segmentation.size", "differs"),
         ({"size": [20, 30], "counts": [5, 10]}, "segmentation.counts", "runs cover 15"),
         ({"size": [20, 30], "counts": "Q"}, "segmentation.counts", "ends inside"),
