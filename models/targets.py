@@ -63,10 +63,6 @@ class Targets:
     label_ids_per_image: list[Tensor]  # B x (L_i,) int64: phrase ids of the image labels
     label_embeddings_per_image: list[Tensor]  # B x (L_i, D)
 
-    @property
-    def has_image_labels(self) -> bool:
-        return any(len(ids) for ids in self.label_ids_per_image)
-
     def all_phrases(self) -> tuple[Tensor, Tensor]:
         """Phrase ids (M + L,) and embeddings (M + L, D) of every instance, boxed or not."""
         ids = torch.cat([self.phrase_ids, *self.label_ids_per_image])

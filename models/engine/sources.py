@@ -40,6 +40,7 @@ from alp_dataset.datasets import (
     shard_urls,
 )
 from alp_dataset.schema import MANIFEST_NAME, SAMPLE_JSON
+from alp_dataset.tar_members import shard_stream, tar_members
 from alp_dataset.transforms import TrainTransform
 from models.config import TrainConfig
 from models.engine import TrainError
@@ -74,19 +75,23 @@ def canonical_encoder_id(spec: str) -> str:
 
 
 def _peek(url: str, spec: str) -> tuple[str, dict[str, Any]]:
-    """(kind, JSON document) of the first sample of a shard."""
+    """(kind, JSON document) of the first sample of a shard, read past damaged headers as the
+    datasets read shards (`alp_dataset.tar_members`); the damage seen is named when no sample
+    is found."""
+    damage: list[str] = []
     try:
-        with gopen(url) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
-            for info in tar:
+        with gopen(url) as raw:
+            stream = shard_stream(raw, url)
+            for name, data in tar_members(stream, on_damage=lambda d: damage.append(str(d))):
                 for kind, member in (("alp", SAMPLE_JSON), ("coco", SAMPLE_INSTANCES)):
-                    if info.isreg() and info.name.endswith("." + member):
-                        data = tar.extractfile(info)
-                        assert data is not None  # a regular file
-                        return kind, json.loads(data.read())
+                    if name.endswith("." + member):
+                        return kind, json.loads(data)
     except (OSError, tarfile.TarError, ValueError) as exc:
         raise TrainError(f"--shards {spec}: cannot read {url}: {exc}") from exc
+    seen = f" (the shard {'; '.join(damage)})" if damage else ""
     raise TrainError(
-        f"--shards {spec}: {url} holds no {SAMPLE_JSON} (ALP) or {SAMPLE_INSTANCES} (COCO) sample"
+        f"--shards {spec}: {url} holds no {SAMPLE_JSON} (ALP) or {SAMPLE_INSTANCES} (COCO) "
+        f"sample{seen}"
     )
 
 

@@ -610,3 +610,27 @@ def test_two_ranks_of_mask_rcnn_star_under_torchrun(
     records = _metrics(run)
     assert [r["step"] for r in records] == [1, 2, 3]
     assert json.loads((run / "config.json").read_text())["world_size"] == 2
+
+
+def test_a_shard_without_manifest_is_told_apart_past_a_corrupt_header(tmp_path: Path) -> None:
+    import tarfile
+
+    from alp_dataset.schema import SAMPLE_JSON
+
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    shard = folder / "shard-000000.tar"
+    with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in (("a.junk", b"x" * 10), (f"b.{SAMPLE_JSON}", b'{"embedding_dim": 384}')):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    raw = bytearray(shard.read_bytes())
+    raw[148:156] = b"0000000\0"  # the first header's checksum: tarfile would stop right there
+    shard.write_bytes(bytes(raw))
+    source = describe_source(str(shard))
+    assert (source.kind, source.embedding_dim) == ("alp", 384)
+    raw[1024 + 148 : 1024 + 156] = b"0000000\0"  # and the second: no sample left
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(TrainError, match=r"holds no .* sample \(the shard is not a tar archive"):
+        describe_source(str(shard))
