@@ -83,6 +83,30 @@ def _overfit_one_image(model: nn.Module, make_target: Callable[..., dict], steps
         assert (mask & truth).sum() / (mask | truth).sum() > 0.5
 
 
+def _checked_step(
+    model: nn.Module, images: torch.Tensor, targets: list[dict], keys: set[str]
+) -> dict[str, torch.Tensor]:
+    """One training forward / backward: the loss ``keys``, finite scalar losses, a finite
+    gradient for every trainable parameter (what DDP without find_unused_parameters needs)."""
+    model.train()
+    model.zero_grad(set_to_none=True)
+    losses = model(images, targets)
+    assert set(losses) == keys
+    for name, value in losses.items():
+        assert value.dim() == 0 and torch.isfinite(value), (name, value)
+    sum(losses.values()).backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    return losses
+
+
+@pytest.fixture
+def checked_step() -> Callable[..., dict[str, torch.Tensor]]:
+    """``step(model, images, targets, keys)``: `_checked_step`."""
+    return _checked_step
+
+
 @pytest.fixture
 def overfit_one_image() -> Callable[[nn.Module, Callable[..., dict], int], None]:
     """The overfitting check every detector passes (`_overfit_one_image`)."""

@@ -71,21 +71,6 @@ def _images(batch: int, size: int = 128) -> torch.Tensor:
     )
 
 
-def _step(model: FCOSMO, images: torch.Tensor, targets: list[dict]) -> dict[str, torch.Tensor]:
-    """One training forward/backward; checks keys, finiteness and gradients everywhere."""
-    model.train()
-    model.zero_grad(set_to_none=True)
-    losses = model(images, targets)
-    assert set(losses) == LOSS_KEYS
-    for name, value in losses.items():
-        assert value.dim() == 0 and torch.isfinite(value), (name, value)
-    sum(losses.values()).backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
-    assert not missing, missing
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
-    return losses
-
-
 # ---------------------------------------------------------------------------------------------
 # Locations and matching, by hand
 
@@ -198,36 +183,38 @@ def test_contrastive_loss_by_hand() -> None:
 # Training
 
 
-def test_training_without_instances() -> None:
+def test_training_without_instances(checked_step: Callable[..., dict]) -> None:
     model = _tiny()
-    losses = _step(model, _images(2), [_target([], alp=False), _target([], alp=True)])
+    losses = checked_step(
+        model, _images(2), [_target([], alp=False), _target([], alp=True)], LOSS_KEYS
+    )
     assert losses["loss_box"] == 0 and losses["loss_mask"] == 0 and losses["loss_centerness"] == 0
     # Only the background candidate: a 1-way softmax, nothing to learn, yet still in the graph.
     assert losses["loss_cls"] == 0
 
 
-def test_training_with_only_alps() -> None:
+def test_training_with_only_alps(checked_step: Callable[..., dict]) -> None:
     model = _tiny()
     targets = [
         _target([[10, 10, 70, 90]], alp=True, phrase_ids=[11]),
         _target([[30, 20, 60, 50], [0, 64, 128, 128]], alp=True, phrase_ids=[11, 12]),
     ]
-    losses = _step(model, _images(2), targets)
+    losses = checked_step(model, _images(2), targets, LOSS_KEYS)
     assert losses["loss_box"] == 0  # no box regression for ALPs (paper Sec. 3.3)
     assert losses["loss_mask"] == 0  # no masks
     assert losses["loss_centerness"] > 0
 
 
-def test_training_with_coco_masks_and_mixed_batch() -> None:
+def test_training_with_coco_masks_and_mixed_batch(checked_step: Callable[..., dict]) -> None:
     model = _tiny()
     coco = _target([[16, 16, 80, 96], [64, 8, 120, 40]], alp=False, phrase_ids=[3, 4])
-    losses = _step(model, _images(1), [coco])
+    losses = checked_step(model, _images(1), [coco], LOSS_KEYS)
     assert losses["loss_box"] > 0 and losses["loss_mask"] > 0
     # masks None for one image and a tensor for another, in one batch.
     alp = _target([[20, 20, 100, 100]], alp=True, phrase_ids=[3])
     box_only = _target([[40, 40, 90, 90]], alp=False, phrase_ids=[9])
     box_only["has_mask"][:] = False
-    losses = _step(model, _images(3), [alp, coco, box_only])
+    losses = checked_step(model, _images(3), [alp, coco, box_only], LOSS_KEYS)
     assert losses["loss_mask"] > 0
 
 
@@ -249,25 +236,27 @@ def test_loss_cls_counts_positives_and_background() -> None:
     torch.testing.assert_close(losses["loss_cls"].item(), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_head_norm_bn_keeps_batch_norms_per_level() -> None:
+def test_head_norm_bn_keeps_batch_norms_per_level(checked_step: Callable[..., dict]) -> None:
     model = _tiny(head_norm="BN")
     per_level = model.head.cls_norms
     assert len(per_level) == 5 and all(isinstance(n, nn.BatchNorm2d) for n in per_level[0])
     assert per_level[0][0] is not per_level[1][0]
-    _step(model, _images(2), [_target([[8, 8, 60, 60]], alp=False), _target([], alp=True)])
+    checked_step(
+        model, _images(2), [_target([[8, 8, 60, 60]], alp=False), _target([], alp=True)], LOSS_KEYS
+    )
     _eval_and_check(model, _images(2))
 
 
-def test_head_norm_none_and_conv4_mask_head() -> None:
+def test_head_norm_none_and_conv4_mask_head(checked_step: Callable[..., dict]) -> None:
     model = _tiny(head_norm="none", mask_head="conv4")
-    _step(model, _images(1), [_target([[8, 8, 60, 60]], alp=False)])
+    checked_step(model, _images(1), [_target([[8, 8, 60, 60]], alp=False)], LOSS_KEYS)
     _eval_and_check(model, _images(1))
 
 
-def test_without_centerness() -> None:
+def test_without_centerness(checked_step: Callable[..., dict]) -> None:
     model = _tiny(use_centerness=False)
     assert model.head.centerness is None
-    losses = _step(model, _images(1), [_target([[8, 8, 60, 60]], alp=False)])
+    losses = checked_step(model, _images(1), [_target([[8, 8, 60, 60]], alp=False)], LOSS_KEYS)
     assert losses["loss_centerness"] == 0
     outputs = _eval_and_check(model, _images(1))
     assert (outputs[0]["scores"] <= 1).all()

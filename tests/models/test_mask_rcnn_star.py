@@ -70,21 +70,6 @@ def _images(batch: int, size: int = 128) -> torch.Tensor:
     return torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=generator)
 
 
-def _step(model: nn.Module, images: torch.Tensor, targets: list[dict]) -> dict[str, torch.Tensor]:
-    """One training forward / backward: keys, finite losses, a gradient for every parameter."""
-    model.train()
-    model.zero_grad(set_to_none=True)
-    losses = model(images, targets)
-    assert set(losses) == LOSS_KEYS
-    for name, value in losses.items():
-        assert value.dim() == 0 and torch.isfinite(value), (name, value)
-    sum(losses.values()).backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
-    assert not missing, missing
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
-    return losses
-
-
 def _trained(model: nn.Module, prefix: str) -> bool:
     """Whether any parameter under ``prefix`` received a non-zero gradient."""
     return any(
@@ -98,9 +83,11 @@ def _trained(model: nn.Module, prefix: str) -> bool:
 # What each setting trains
 
 
-def test_an_image_without_instances_trains_only_proposals_and_background() -> None:
+def test_an_image_without_instances_trains_only_proposals_and_background(
+    checked_step: Callable[..., dict],
+) -> None:
     model = _tiny()
-    losses = _step(model, _images(1), [_target([], kind="coco")])
+    losses = checked_step(model, _images(1), [_target([], kind="coco")], LOSS_KEYS)
     assert losses["loss_objectness"] > 0  # every anchor is a negative
     assert losses["loss_rpn_box_reg"] == 0 and losses["loss_box_reg"] == 0
     assert losses["loss_mask"] == 0 and losses["loss_image_labels"] == 0
@@ -109,10 +96,12 @@ def test_an_image_without_instances_trains_only_proposals_and_background() -> No
     assert _trained(model, "rpn.") and not _trained(model, "mask_head.")
 
 
-def test_coco_masks_train_every_part_but_the_image_labels() -> None:
+def test_coco_masks_train_every_part_but_the_image_labels(
+    checked_step: Callable[..., dict],
+) -> None:
     model = _tiny()
     coco = _target([[16, 16, 80, 96], [64, 8, 120, 40]], kind="coco", phrase_ids=[3, 4])
-    losses = _step(model, _images(1), [coco])
+    losses = checked_step(model, _images(1), [coco], LOSS_KEYS)
     for name in ("loss_objectness", "loss_rpn_box_reg", "loss_cls", "loss_box_reg", "loss_mask"):
         assert losses[name] > 0, name
     assert losses["loss_image_labels"] == 0
@@ -121,13 +110,15 @@ def test_coco_masks_train_every_part_but_the_image_labels() -> None:
         assert _trained(model, part), part
 
 
-def test_alp_boxes_train_proposals_regression_and_classifier_but_no_mask() -> None:
+def test_alp_boxes_train_proposals_regression_and_classifier_but_no_mask(
+    checked_step: Callable[..., dict],
+) -> None:
     model = _tiny()
     targets = [
         _target([[10, 10, 70, 90]], kind="alp", phrase_ids=[11]),
         _target([[30, 20, 60, 50], [0, 64, 128, 128]], kind="alp", phrase_ids=[11, 12]),
     ]
-    losses = _step(model, _images(2), targets)
+    losses = checked_step(model, _images(2), targets, LOSS_KEYS)
     # Unlike FCOS-MO, ALP boxes train box regression (paper Sec. 4, "Mask R-CNN* with ALPs").
     assert losses["loss_box_reg"] > 0 and losses["loss_rpn_box_reg"] > 0
     assert losses["loss_cls"] > 0
@@ -135,13 +126,13 @@ def test_alp_boxes_train_proposals_regression_and_classifier_but_no_mask() -> No
     assert _trained(model, "roi_heads.box_deltas.") and not _trained(model, "mask_head.")
 
 
-def test_image_labels_train_only_the_classifier_path() -> None:
+def test_image_labels_train_only_the_classifier_path(checked_step: Callable[..., dict]) -> None:
     model = _tiny()
     targets = [
         _target([[10, 10, 70, 90]], kind="labels", phrase_ids=[11]),
         _target([[30, 20, 60, 50], [0, 64, 128, 128]], kind="labels", phrase_ids=[11, 12]),
     ]
-    losses = _step(model, _images(2), targets)
+    losses = checked_step(model, _images(2), targets, LOSS_KEYS)
     assert losses["loss_image_labels"] > 0
     for name in ("loss_objectness", "loss_rpn_box_reg", "loss_cls", "loss_box_reg", "loss_mask"):
         assert losses[name] == 0, name  # no anchor, RoI or mask is supervised
