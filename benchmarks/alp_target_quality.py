@@ -36,13 +36,13 @@ import alp_curation.torchvision_fix  # noqa: F401  (before any torchvision impor
 import polars as pl
 import torch
 from torchvision.models.detection._utils import Matcher
-from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import box_iou
 
 from alp_dataset.schema import ALPS_DIR
 from models.architectures import FCOSMOConfig, MaskRCNNStarConfig
 from models.heads.fcos_targets import fcos_match, level_ranges, locations
+from models.heads.rpn import anchor_generator
 
 FCOS_STRIDES = (8, 16, 32, 64, 128)
 RCNN_STRIDES = (4, 8, 16, 32, 64)
@@ -133,10 +133,7 @@ def main() -> None:
     args = parser.parse_args()
     size = args.image_size
     cfg = MaskRCNNStarConfig()
-    generator = AnchorGenerator(
-        sizes=tuple((s,) for s in cfg.anchor_sizes),
-        aspect_ratios=(cfg.aspect_ratios,) * len(cfg.anchor_sizes),
-    )
+    generator = anchor_generator(cfg.anchor_sizes, cfg.aspect_ratios)
     image = ImageList(torch.zeros(1, 3, size, size), [(size, size)])
     maps = [torch.zeros(1, 1, -(-size // s), -(-size // s)) for s in RCNN_STRIDES]
     anchors = generator(image, maps)[0]  # (A, 4)

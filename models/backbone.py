@@ -37,7 +37,6 @@ __all__ = [
     "BACKBONES",
     "FPN_LEVELS",
     "FPN_STRIDES",
-    "NORMS",
     "ResNetFPN",
     "make_norm",
     "resnet_small",
@@ -46,7 +45,6 @@ __all__ = [
 FPN_STRIDES = (8, 16, 32, 64, 128)  # P3..P7
 # The pyramids a detector may ask for: first ResNet stage fed to the FPN, and the strides.
 FPN_LEVELS = {"p3-p7": (3, FPN_STRIDES), "p2-p6": (2, (4, 8, 16, 32, 64))}
-NORMS = BACKBONE_NORMS
 
 _TORCHVISION_RESNETS: dict[str, Callable[..., resnet.ResNet]] = {
     "resnet18": resnet.resnet18,
@@ -80,7 +78,7 @@ def make_norm(kind: str) -> Callable[[int], nn.Module]:
         return FrozenBatchNorm2d
     if kind == "GN":
         return lambda channels: nn.GroupNorm(_group_count(channels), channels)
-    raise ValueError(f"norm: expected one of {NORMS}, got {kind!r}")
+    raise ValueError(f"norm: expected one of {BACKBONE_NORMS}, got {kind!r}")
 
 
 class _SmallResNet(nn.Module):

@@ -20,7 +20,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["assign_fpn_levels", "multilevel_roi_align", "roi_align", "zero_weighted"]
+__all__ = [
+    "assign_fpn_levels",
+    "concat_boxes",
+    "multilevel_roi_align",
+    "roi_align",
+    "zero_weighted",
+]
+
+
+def concat_boxes(boxes_per_image: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """Per-image (K_i, 4) boxes -> all boxes (K, 4) and the (K,) int64 image of each, the
+    (boxes, batch_index) pair RoI Align takes."""
+    boxes = torch.cat(list(boxes_per_image))  # (K, 4)
+    counts = torch.tensor([len(b) for b in boxes_per_image], device=boxes.device)
+    batch = torch.repeat_interleave(torch.arange(len(counts), device=boxes.device), counts)
+    return boxes, batch  # (K, 4), (K,)
 
 
 def zero_weighted(*tensors: Tensor) -> Tensor:

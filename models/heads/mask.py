@@ -26,7 +26,7 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from models.backbone import make_norm
 from models.choices import MASK_HEADS
-from models.ops import multilevel_roi_align, roi_align, zero_weighted
+from models.ops import concat_boxes, multilevel_roi_align, roi_align, zero_weighted
 from models.targets import Targets
 
 __all__ = [
@@ -234,13 +234,7 @@ def predict_masks(
 ) -> None:
     """Run ``head`` on the ``boxes_xyxy_px`` of every image's detections at once and add
     ``masks``: float32 (k, 1, H, W) probabilities pasted into the (H, W) image."""
-    boxes = torch.cat([d["boxes_xyxy_px"] for d in detections])  # (K, 4)
-    batch = torch.cat(
-        [
-            torch.full((len(d["boxes_xyxy_px"]),), b, dtype=torch.long, device=boxes.device)
-            for b, d in enumerate(detections)
-        ]
-    )  # (K,)
+    boxes, batch = concat_boxes([d["boxes_xyxy_px"] for d in detections])  # (K, 4), (K,)
     rois = multilevel_roi_align(
         features, boxes, batch, roi_size, strides, min_level=levels[0], max_level=levels[1]
     )

@@ -47,7 +47,7 @@ from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 
 from models.heads.open_vocab import OpenVocabClassifier, phrase_candidates
-from models.ops import multilevel_roi_align, zero_weighted
+from models.ops import concat_boxes, multilevel_roi_align, zero_weighted
 from models.targets import Targets
 
 __all__ = ["RoIBoxHead"]
@@ -102,12 +102,7 @@ class RoIBoxHead(nn.Module):
     def forward(
         self, features: Sequence[Tensor], boxes_per_image: Sequence[Tensor]
     ) -> tuple[Tensor, Tensor]:
-        boxes = torch.cat(list(boxes_per_image))  # (R, 4)
-        batch = torch.cat(
-            [torch.full((len(b),), i, dtype=torch.long, device=boxes.device)
-             for i, b in enumerate(boxes_per_image)]
-        )  # fmt: skip  # (R,)
-        return self._embed(features, boxes, batch)
+        return self._embed(features, *concat_boxes(boxes_per_image))
 
     def _embed(
         self, features: Sequence[Tensor], boxes: Tensor, batch: Tensor

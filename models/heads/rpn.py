@@ -41,7 +41,7 @@ from torchvision.models.detection.rpn import (
 
 from models.ops import zero_weighted
 
-__all__ = ["ProposalNetwork", "build_rpn"]
+__all__ = ["ProposalNetwork", "anchor_generator", "build_rpn"]
 
 
 class ProposalNetwork(RegionProposalNetwork):
@@ -118,6 +118,16 @@ class ProposalNetwork(RegionProposalNetwork):
         return {"loss_objectness": objectness_loss + keep, "loss_rpn_box_reg": box_loss + keep}
 
 
+def anchor_generator(
+    anchor_sizes: Sequence[float], aspect_ratios: Sequence[float]
+) -> AnchorGenerator:
+    """torchvision's generator of one anchor size per level, every aspect ratio at each."""
+    return AnchorGenerator(
+        sizes=tuple((float(s),) for s in anchor_sizes),
+        aspect_ratios=(tuple(float(r) for r in aspect_ratios),) * len(anchor_sizes),
+    )
+
+
 def build_rpn(
     *,
     in_channels: int,
@@ -133,10 +143,7 @@ def build_rpn(
 ) -> ProposalNetwork:
     """The RPN of Mask R-CNN* over five levels, one anchor size per level; the top-k pairs are
     (training, inference)."""
-    generator = AnchorGenerator(
-        sizes=tuple((float(s),) for s in anchor_sizes),
-        aspect_ratios=(tuple(float(r) for r in aspect_ratios),) * len(anchor_sizes),
-    )
+    generator = anchor_generator(anchor_sizes, aspect_ratios)
     head = RPNHead(in_channels, generator.num_anchors_per_location()[0])
     return ProposalNetwork(
         generator,
