@@ -380,8 +380,8 @@ def build_parser(
     architecture = get_architecture(arch)
     parser = argparse.ArgumentParser(
         prog=prog,
-        description="Train a detector on COCO masks and ALPs (the ALP paper): FCOS-MO or the "
-        "Mask R-CNN* baseline.",
+        description="Train a detector on COCO masks and ALPs (the ALP paper: FCOS-MO or the "
+        "Mask R-CNN* baseline), or on boxes of every class with masks of some (MaskX R-CNN).",
         epilog=_preset_epilog(arch),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -7,7 +7,9 @@ The classes are free text: each is embedded with the checkpoint's text encoder t
 63-template prompt ensemble (`alp_curation.prompts.ensemble_embeddings`), the model scores every
 location or region against them (the open-vocabulary classifier of FCOS-MO and Mask R-CNN*,
 ALP paper Sec. 3.2-3.3 and 4; the detector is the checkpoint's ``--arch``), and the masks, boxes
-and "label score" captions are drawn on the image. One line per detection goes to stdout:
+and "label score" captions are drawn on the image. A MaskX R-CNN checkpoint has a fixed class
+list: ``--classes`` picks among its names (all of them by default), and any other name is a
+usage error that lists them (`class_queries`). One line per detection goes to stdout:
 ``label<TAB>score<TAB>x0 y0 x1 y1`` (pixels of the image as stored on disk, EXIF rotation
 applied).
 
@@ -36,7 +38,9 @@ __all__ = [
     "PAD_MULTIPLE",
     "ImagePredictions",
     "build_parser",
+    "class_queries",
     "embed_classes",
+    "fixed_classes",
     "inference_settings",
     "load_for_inference",
     "main",
@@ -88,6 +92,35 @@ def embed_classes(text_encoder: str, class_names: Sequence[str]) -> torch.Tensor
 
     encoder = load_text_encoder(text_encoder)
     return torch.from_numpy(ensemble_embeddings(encoder, list(class_names)))
+
+
+def fixed_classes(model: torch.nn.Module) -> tuple[str, ...] | None:
+    """The class list of a fixed-class detector (MaskX R-CNN), None for an open-vocabulary one."""
+    names = getattr(model, "class_names", None)
+    return tuple(names) if names is not None else None
+
+
+def class_queries(
+    model: torch.nn.Module, text_encoder: str | None, class_names: Sequence[str]
+) -> torch.Tensor:
+    """The (C, query_dim) rows a detector scores ``class_names`` with: their prompt-ensemble
+    embeddings for an open-vocabulary detector (``text_encoder``: the checkpoint's), one-hot
+    rows picking its own classes for a fixed-class one. ValueError naming the names a
+    fixed-class detector does not know."""
+    own = fixed_classes(model)
+    if own is None:
+        if not text_encoder:
+            raise ValueError("an open-vocabulary detector needs the text encoder of its phrases")
+        return embed_classes(text_encoder, class_names)
+    unknown = [n for n in class_names if n not in own]
+    if unknown:
+        raise ValueError(
+            f"{unknown} are not classes of this checkpoint: a {type(model).__name__} detects "
+            f"only the {len(own)} classes it was trained on: {', '.join(own)}"
+        )
+    queries = torch.zeros(len(class_names), len(own))  # (C, K)
+    queries[torch.arange(len(class_names)), torch.tensor([own.index(n) for n in class_names])] = 1
+    return queries
 
 
 @contextlib.contextmanager
@@ -246,10 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "format; EXIF rotation is applied)")  # fmt: skip
     parser.add_argument(
         "--classes",
-        required=True,
         metavar="A,B,...",
         help='comma-separated class names, free text ("dog,sofa,red car"); embedded with the '
-        "checkpoint's text encoder",
+        "checkpoint's text encoder. A fixed-class checkpoint (--arch maskx-rcnn) takes only its "
+        "own class names, and all of them by default",
     )
     parser.add_argument("--out", required=True, metavar="PNG", help="where to write the drawing")
     parser.add_argument(
@@ -290,10 +323,16 @@ def load_for_inference(
         model, config = load_model(checkpoint)
     except (OSError, ValueError) as exc:
         parser.error(f"--checkpoint: {exc}")
-    try:
-        embeddings = embed_classes(config["text_encoder"], class_names)
-    except (RuntimeError, ValueError) as exc:  # EncoderUnavailable is a RuntimeError
-        parser.error(f"text encoder {config['text_encoder']!r} of the checkpoint: {exc}")
+    if fixed_classes(model) is not None:
+        try:
+            embeddings = class_queries(model, None, class_names)
+        except ValueError as exc:
+            parser.error(f"classes: {exc}")
+    else:
+        try:
+            embeddings = embed_classes(config["text_encoder"], class_names)
+        except (RuntimeError, ValueError) as exc:  # EncoderUnavailable is a RuntimeError
+            parser.error(f"text encoder {config['text_encoder']!r} of the checkpoint: {exc}")
     if size is None:
         size = int(config.get("train", {}).get("image_size", 512))
     return model.to(device), config, embeddings, size
@@ -304,10 +343,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        class_names = parse_class_list(args.classes)
-    except ValueError as exc:
-        parser.error(str(exc))
+    class_names: list[str] = []
+    if args.classes is not None:
+        try:
+            class_names = parse_class_list(args.classes)
+        except ValueError as exc:
+            parser.error(str(exc))
     if args.size is not None and args.size < 1:
         parser.error(f"--size must be positive, got {args.size}")
     # The image first: a wrong path should not wait for the model and the text encoder.
@@ -317,6 +358,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # missing file, or not an image PIL can read
         parser.error(f"--image {args.image}: {exc}")
     device = args.device or default_device()
+    if not class_names:
+        from models.engine.checkpoint import load_checkpoint
+
+        try:
+            saved = load_checkpoint(args.checkpoint)["config"]
+        except (OSError, ValueError) as exc:
+            parser.error(f"--checkpoint: {exc}")
+        class_names = list(saved.get("model", {}).get("classes") or [])
+        if not class_names:
+            parser.error("--classes: give the class names to detect (free text)")
     model, _, embeddings, size = load_for_inference(
         parser, args.checkpoint, class_names, size=args.size, device=device
     )

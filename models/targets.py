@@ -58,6 +58,7 @@ class Targets:
     is_alp: Tensor  # (M,) bool
     mask_boxes: Tensor  # (K, 4)
     mask_batch: Tensor  # (K,) int64: the image of each mask box
+    mask_instances: Tensor  # (K,) int64: the box-supervised instance (of M) of each mask
     masks: list[tuple[Tensor, Tensor]]  # per image with masks: (k, H, W) masks, (k, 4) boxes
     boxes_annotated: list[bool]  # B: False for images of image labels only
     label_ids_per_image: list[Tensor]  # B x (L_i,) int64: phrase ids of the image labels
@@ -82,7 +83,7 @@ def gather_targets(
 ) -> Targets:
     """Check the per-image target dicts (module doc) and concatenate them."""
     boxes_per_image, offsets, phrase_ids, embeddings, is_alp = [], [], [], [], []
-    mask_boxes, mask_batch, masks = [], [], []
+    mask_boxes, mask_batch, mask_instances, masks = [], [], [], []
     annotated, label_ids, label_embeddings = [], [], []
     offset = 0
     for i, target in enumerate(targets):
@@ -134,6 +135,9 @@ def gather_targets(
                 masks.append((image_masks[has_mask], boxes[has_mask]))
                 mask_boxes.append(boxes[has_mask])
                 mask_batch.append(torch.full((int(has_mask.sum()),), i, dtype=torch.long))
+                # Position among the image's boxed instances, then in the batch's M.
+                within = torch.cumsum(boxed.long(), 0) - 1  # (N,)
+                mask_instances.append(within[has_mask].cpu() + offset)
         boxes_per_image.append(boxes[boxed])
         offsets.append(offset)
         offset += int(boxed.sum())
@@ -155,6 +159,11 @@ def gather_targets(
         mask_batch=(
             torch.cat(mask_batch).to(device)
             if mask_batch
+            else torch.zeros(0, dtype=torch.long, device=device)
+        ),
+        mask_instances=(
+            torch.cat(mask_instances).to(device)
+            if mask_instances
             else torch.zeros(0, dtype=torch.long, device=device)
         ),
         masks=masks,

@@ -3,6 +3,7 @@
     python -m models.train --preset coco-voc --shards out/coco_voc --shards out/alps_coco \\
         --backbone-weights r50.pth --output-dir runs/voc                 # FCOS-MO
     python -m models.train --arch mask-rcnn-star --preset coco-voc ...    # the Mask R-CNN*
+    python -m models.train --arch maskx-rcnn --shards out/coco_maskx ...  # MaskX R-CNN
     torchrun --nproc-per-node 8 -m models.train --preset coco-voc ...     # DDP, one GPU a rank
     python -m models.train ... --resume auto                              # continue exactly
 
@@ -40,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -71,7 +73,13 @@ from models.engine.resume import (
     resume_path,
 )
 from models.engine.schedule import build_optimizer, build_scheduler
-from models.engine.sources import Source, build_datasets, describe_source, resolve_text_encoder
+from models.engine.sources import (
+    Source,
+    build_datasets,
+    class_embeddings,
+    describe_source,
+    resolve_text_encoder,
+)
 from models.engine.stream import DataStream
 from models.targets import TARGET_KEYS
 
@@ -130,6 +138,56 @@ def _check_flags(
             )
         if not any(s.kind == "alp" for s in sources):
             raise TrainError("--alp-supervision image-labels: no --shards source holds ALPs")
+
+
+def _fixed_classes(
+    model_cfg: DetectorConfig, train_cfg: TrainConfig, sources: Sequence[Source], leader: bool
+) -> DetectorConfig:
+    """For a fixed-class detector (MaskX R-CNN): its class list, checked against every source's
+    (from the COCO shards' manifests), or taken from them when ``--classes`` is not given."""
+    arch = architecture_of(model_cfg)
+    if not arch.fixed_classes:
+        return model_cfg
+    for s in sources:
+        if s.kind != "coco":
+            raise TrainError(
+                f"--shards {s.spec}: --arch {arch.name} learns a fixed class list from COCO "
+                "shards (boxes for every class, masks for some); ALP shards hold free-text "
+                "phrases"
+            )
+    if model_cfg.train_stage == "masks" and not (train_cfg.init_from or train_cfg.resume):
+        raise TrainError(
+            "--train-stage masks trains the mask branch of a trained detector: give --init-from "
+            "a stage-one checkpoint (--train-stage detection)"
+        )
+    wanted = tuple(model_cfg.classes)
+    for s in sources:
+        have = s.class_names or train_cfg.class_names
+        if not have:
+            continue  # a pattern without a manifest: the model checks every label it meets
+        if not wanted:
+            wanted = tuple(sorted(have))
+            if leader:
+                print(f"note: --classes from {s.spec}: {' '.join(wanted)}", file=sys.stderr)
+            continue
+        missing, extra = sorted(set(have) - set(wanted)), sorted(set(wanted) - set(have))
+        if missing or extra:
+            raise TrainError(
+                f"--shards {s.spec}: its classes differ from the model's --classes: "
+                + "; ".join(
+                    part
+                    for part in (
+                        f"not in --classes: {missing}" if missing else "",
+                        f"not in the shards: {extra}" if extra else "",
+                    )
+                    if part
+                )
+            )
+    if not wanted:
+        raise TrainError(
+            f"--classes: --arch {arch.name} needs its class list, and no shards manifest names it"
+        )
+    return dataclasses.replace(model_cfg, classes=wanted)
 
 
 def _sources(train_cfg: TrainConfig) -> list[Source]:
@@ -285,6 +343,7 @@ def _train(model_cfg: DetectorConfig, train_cfg: TrainConfig, env: Distributed) 
     resume = resume_path(train_cfg, out)
     sources = _sources(train_cfg)
     _check_flags(model_cfg, train_cfg, sources, env)
+    model_cfg = _fixed_classes(model_cfg, train_cfg, sources, env.leader)
     encoder_id = resolve_text_encoder(sources, model_cfg.text_dim, train_cfg.text_encoder)
     config = {
         "arch": arch,
@@ -318,6 +377,10 @@ def _train(model_cfg: DetectorConfig, train_cfg: TrainConfig, env: Distributed) 
     model = _build_model(model_cfg, env, train_cfg.seed)
     if checkpoint is None and train_cfg.init_from:
         load_initial_weights(model, train_cfg.init_from, config, leader=env.leader)
+    if architecture_of(model_cfg).fixed_classes:  # what T reads with --transfer-input text
+        names = model_cfg.classes
+        rows = class_embeddings(encoder_id, names, model_cfg.text_dim)
+        model.set_class_embeddings(torch.from_numpy(np.stack([rows[n] for n in names])))
     optimizer = build_optimizer(
         model,
         lr=train_cfg.lr,

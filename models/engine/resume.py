@@ -136,8 +136,13 @@ def load_initial_weights(
     differences = ", ".join(
         f"{k}: {saved_model.get(k)!r} -> {config['model'][k]!r}" for k in changed
     )
+    required = getattr(model, "init_from_required", None)
     try:
-        model.load_state_dict(saved["model"])
+        if required is None:
+            model.load_state_dict(saved["model"])
+            fresh: list[str] = []
+        else:
+            fresh = _load_fitting(model, saved["model"], tuple(required))
     except RuntimeError as exc:
         reason = f"model flags differ ({differences})" if changed else str(exc).splitlines()[0]
         raise TrainError(
@@ -145,6 +150,39 @@ def load_initial_weights(
         ) from exc
     if changed and leader:
         print(f"note: --init-from {path}: model flags differ ({differences})", file=sys.stderr)
+    if fresh and leader:
+        parts = sorted({name.split(".")[0] for name in fresh})
+        print(
+            f"note: --init-from {path}: {len(fresh)} tensors of {parts} are not in the "
+            "checkpoint in this shape and start afresh",
+            file=sys.stderr,
+        )
+
+
+def _load_fitting(
+    model: nn.Module, saved: Mapping[str, Any], required: tuple[str, ...]
+) -> list[str]:
+    """Load every tensor of ``saved`` that fits ``model`` (same name and shape); the tensors
+    under the ``required`` prefixes must all be there. Returns the names left as they were."""
+    own = model.state_dict()
+    wrong = [
+        name
+        for name, value in own.items()
+        if name.startswith(required)
+        and (name not in saved or tuple(saved[name].shape) != tuple(value.shape))
+    ]
+    if wrong:
+        raise RuntimeError(
+            f"{len(wrong)} tensors of the detector are missing or shaped differently, e.g. "
+            f"{wrong[:3]}"
+        )
+    fitting = {
+        name: value
+        for name, value in saved.items()
+        if name in own and tuple(value.shape) == tuple(own[name].shape)
+    }
+    model.load_state_dict(fitting, strict=False)
+    return sorted(set(own) - set(fitting))
 
 
 def keep_metrics_until(path: Path, step: int) -> None:

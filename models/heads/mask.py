@@ -6,16 +6,19 @@ and how the detectors train and apply them.
 - `Conv4MaskHead`: Mask R-CNN's default head (4 conv3x3 + ReLU), the ablation of paper Tab. 5.
 
 Both end like Mask R-CNN's predictor: a 2x2 transposed conv with stride 2 + ReLU, then a 1x1
-conv to one logit map. Heads take any number of RoIs, none included (a (0, C, S, S) input gives
-a (0, 1, 2S, 2S) output whose sum still reaches every parameter with a zero gradient).
+conv to one logit map. ``head.trunk(x)`` (the features before it) and
+``head.predictor.features(...)`` (the upsampled features its 1x1 conv reads) let MaskX R-CNN put
+its own class-specific 1x1 weights there (`models.heads.weight_transfer`). Heads take any
+number of RoIs, none included (a (0, C, S, S) input gives a (0, 1, 2S, 2S) output whose sum
+still reaches every parameter with a zero gradient).
 
-Both detectors train the head on ground-truth boxes only (Deep-MARC's recipe, Sec. 3.2: no
+FCOS-MO and Mask R-CNN* train the head on ground-truth boxes only (Deep-MARC's recipe, Sec. 3.2: no
 proposals involved), `mask_loss`, and run it on their final boxes at inference, `predict_masks`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import alp_curation.torchvision_fix  # noqa: F401
 
@@ -121,8 +124,12 @@ class _Predictor(nn.Module):
         nn.init.normal_(self.logits.weight, std=0.001)
         nn.init.zeros_(self.logits.bias)
 
+    def features(self, x: Tensor) -> Tensor:
+        """The upsampled features the 1x1 logit conv reads: (K, C, S, S) -> (K, C, 2S, 2S)."""
+        return self.upsample(x).relu()
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.logits(self.upsample(x).relu())
+        return self.logits(self.features(x))
 
 
 class Hourglass20(nn.Module):
@@ -152,10 +159,18 @@ class Hourglass20(nn.Module):
         self.output_conv = _ConvNorm(2 * c, 2 * c, 3, norm)
         self.predictor = _Predictor(2 * c)
 
-    def forward(self, x: Tensor) -> Tensor:
+    @property
+    def trunk_channels(self) -> int:
+        return self.output_conv[0].out_channels
+
+    def trunk(self, x: Tensor) -> Tensor:
+        """Features before the predictor: (K, in_channels, S, S) -> (K, 2c, S, S)."""
         if x.shape[-1] % 4 or x.shape[-2] % 4:
             raise ValueError(f"Hourglass20: RoI size must be divisible by 4, got {tuple(x.shape)}")
-        return self.predictor(self.output_conv(self.hourglass(self.stem(x))))
+        return self.output_conv(self.hourglass(self.stem(x)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.predictor(self.trunk(x))
 
 
 class Conv4MaskHead(nn.Module):
@@ -173,8 +188,16 @@ class Conv4MaskHead(nn.Module):
         self.convs = nn.Sequential(*layers)
         self.predictor = _Predictor(channels)
 
+    @property
+    def trunk_channels(self) -> int:
+        return self.convs[-2].out_channels
+
+    def trunk(self, x: Tensor) -> Tensor:
+        """Features before the predictor: (K, in_channels, S, S) -> (K, channels, S, S)."""
+        return self.convs(x)
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.predictor(self.convs(x))
+        return self.predictor(self.trunk(x))
 
 
 def build_mask_head(kind: str, in_channels: int, channels: int) -> nn.Module:
@@ -223,7 +246,7 @@ def mask_loss(
 
 
 def predict_masks(
-    head: nn.Module,
+    head: Callable[[Tensor], Tensor],
     features: Sequence[Tensor],
     strides: Sequence[int],
     detections: list[dict[str, Tensor]],
@@ -233,7 +256,9 @@ def predict_masks(
     levels: tuple[int, int],
 ) -> None:
     """Run ``head`` on the ``boxes_xyxy_px`` of every image's detections at once and add
-    ``masks``: float32 (k, 1, H, W) probabilities pasted into the (H, W) image."""
+    ``masks``: float32 (k, 1, H, W) probabilities pasted into the (H, W) image. ``head`` maps
+    (K, C, S, S) RoI features of the batch's detections, in image order, to (K, 1, 2S, 2S)
+    logits (a mask head, or a class-specific predictor bound to the detections' classes)."""
     boxes, batch = concat_boxes([d["boxes_xyxy_px"] for d in detections])  # (K, 4), (K,)
     rois = multilevel_roi_align(
         features, boxes, batch, roi_size, strides, min_level=levels[0], max_level=levels[1]

@@ -50,14 +50,14 @@ from models.heads.open_vocab import OpenVocabClassifier, phrase_candidates
 from models.ops import concat_boxes, multilevel_roi_align, zero_weighted
 from models.targets import Targets
 
-__all__ = ["RoIBoxHead"]
+__all__ = ["BOX_LEVELS", "MIN_BOX_SIDE", "RoIBoxHead", "RoIHeadBase", "Samples"]
 
 BOX_LEVELS = (2, 5)  # RoI features from P2..P5 (P6 feeds the RPN only)
 MIN_BOX_SIDE = 1e-2  # inference drops boxes narrower than this, as torchvision's R-CNN
 
 
 @dataclass(frozen=True)
-class _Samples:
+class Samples:
     """The RoIs sampled for the second-stage losses (R of them over the batch)."""
 
     boxes: Tensor  # (R, 4)
@@ -65,20 +65,19 @@ class _Samples:
     gt_index: Tensor  # (R,) int64: matched box among the batch's boxed instances, -1 background
 
 
-class RoIBoxHead(nn.Module):
-    """RoI box head of Mask R-CNN* (module doc). ``forward(features, boxes_per_image)`` gives
-    the projected phrase features (R, D) and class-agnostic box deltas (R, 4) of the RoIs."""
+class RoIHeadBase(nn.Module):
+    """What the second stages of the two-stage detectors share: the RoI features (7 x 7 RoI
+    Align on P2..P5, then torchvision's `TwoMLPHead`), the box coder, and the matching and
+    sampling of the RoIs their losses are computed on (module doc). Subclasses add predictors
+    on the ``hidden_dim`` vector."""
 
     def __init__(
         self,
         *,
         in_channels: int,
-        text_dim: int,
         strides: Sequence[int],
         roi_size: int = 7,
         hidden_dim: int = 1024,
-        tau: float = 0.01,
-        background_alpha: float = 0.1,
         batch_size_per_image: int = 512,
         positive_fraction: float = 0.25,
         fg_iou: float = 0.5,
@@ -86,38 +85,22 @@ class RoIBoxHead(nn.Module):
         super().__init__()
         self.strides = tuple(strides)
         self.roi_size = roi_size
+        self.hidden_dim = hidden_dim
         self.box_features = TwoMLPHead(in_channels * roi_size * roi_size, hidden_dim)
-        self.box_deltas = nn.Linear(hidden_dim, 4)
-        self.classifier = OpenVocabClassifier(
-            hidden_dim, text_dim, tau=tau, background_alpha=background_alpha, dense=False
-        )
-        # detectron2's initialisation of the predictors (small deltas at the start).
-        nn.init.normal_(self.box_deltas.weight, std=0.001)
-        nn.init.zeros_(self.box_deltas.bias)
         self.box_coder = BoxCoder(weights=(10.0, 10.0, 5.0, 5.0))
         # Equal thresholds: no proposal is left between foreground and background.
         self.matcher = Matcher(fg_iou, fg_iou, allow_low_quality_matches=False)
         self.sampler = BalancedPositiveNegativeSampler(batch_size_per_image, positive_fraction)
 
-    def forward(
-        self, features: Sequence[Tensor], boxes_per_image: Sequence[Tensor]
-    ) -> tuple[Tensor, Tensor]:
-        return self._embed(features, *concat_boxes(boxes_per_image))
-
-    def _embed(
-        self, features: Sequence[Tensor], boxes: Tensor, batch: Tensor
-    ) -> tuple[Tensor, Tensor]:
+    def hidden(self, features: Sequence[Tensor], boxes: Tensor, batch: Tensor) -> Tensor:
+        """The (R, hidden_dim) box-head vector of R boxes (``batch``: the image of each)."""
         rois = multilevel_roi_align(
             features, boxes, batch, self.roi_size, self.strides,
             min_level=BOX_LEVELS[0], max_level=BOX_LEVELS[1],
         )  # fmt: skip  # (R, C, S, S)
-        hidden = self.box_features(rois)  # (R, hidden)
-        return self.classifier(hidden), self.box_deltas(hidden)  # (R, D), (R, 4)
+        return self.box_features(rois)
 
-    # ------------------------------------------------------------------------------------------
-    # Training
-
-    def sample(self, proposals: Sequence[Tensor], gt: Targets) -> _Samples:
+    def sample(self, proposals: Sequence[Tensor], gt: Targets) -> Samples:
         """The RoIs of the second-stage losses: per annotated image, its proposals plus its
         ground-truth boxes, matched and sampled (module doc)."""
         boxes, batch, gt_index = [], [], []
@@ -140,12 +123,62 @@ class RoIBoxHead(nn.Module):
             gt_index.append(torch.where(index >= 0, index + gt.offsets[i], -1))
         device = gt.boxes.device
         if not boxes:
-            return _Samples(
+            return Samples(
                 torch.zeros(0, 4, device=device),
                 torch.zeros(0, dtype=torch.long, device=device),
                 torch.zeros(0, dtype=torch.long, device=device),
             )
-        return _Samples(torch.cat(boxes), torch.cat(batch), torch.cat(gt_index))
+        return Samples(torch.cat(boxes), torch.cat(batch), torch.cat(gt_index))
+
+
+class RoIBoxHead(RoIHeadBase):
+    """RoI box head of Mask R-CNN* (module doc). ``forward(features, boxes_per_image)`` gives
+    the projected phrase features (R, D) and class-agnostic box deltas (R, 4) of the RoIs."""
+
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        text_dim: int,
+        strides: Sequence[int],
+        roi_size: int = 7,
+        hidden_dim: int = 1024,
+        tau: float = 0.01,
+        background_alpha: float = 0.1,
+        batch_size_per_image: int = 512,
+        positive_fraction: float = 0.25,
+        fg_iou: float = 0.5,
+    ) -> None:
+        super().__init__(
+            in_channels=in_channels,
+            strides=strides,
+            roi_size=roi_size,
+            hidden_dim=hidden_dim,
+            batch_size_per_image=batch_size_per_image,
+            positive_fraction=positive_fraction,
+            fg_iou=fg_iou,
+        )
+        self.box_deltas = nn.Linear(hidden_dim, 4)
+        self.classifier = OpenVocabClassifier(
+            hidden_dim, text_dim, tau=tau, background_alpha=background_alpha, dense=False
+        )
+        # detectron2's initialisation of the predictors (small deltas at the start).
+        nn.init.normal_(self.box_deltas.weight, std=0.001)
+        nn.init.zeros_(self.box_deltas.bias)
+
+    def forward(
+        self, features: Sequence[Tensor], boxes_per_image: Sequence[Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        return self._embed(features, *concat_boxes(boxes_per_image))
+
+    def _embed(
+        self, features: Sequence[Tensor], boxes: Tensor, batch: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        hidden = self.hidden(features, boxes, batch)  # (R, hidden)
+        return self.classifier(hidden), self.box_deltas(hidden)  # (R, D), (R, 4)
+
+    # ------------------------------------------------------------------------------------------
+    # Training
 
     def losses(
         self, features: Sequence[Tensor], proposals: Sequence[Tensor], gt: Targets

@@ -30,7 +30,8 @@ class Detector(nn.Module):
     Images are normalised with the ImageNet mean / std, then zero-padded at the bottom / right to
     a multiple of ``size_divisibility``; outputs refer to the unpadded image. Training
     (``self.training``) needs one target dict per image (`models.targets`) and returns a dict of
-    scalar losses; inference needs ``class_embeddings`` (C, text_dim) and returns one dict per
+    scalar losses; inference needs ``class_embeddings`` (C, query_dim: text_dim, or the class
+    count of a fixed-class detector, whose rows are then one-hot) and returns one dict per
     image with ``boxes_xyxy_px``, ``scores``, ``labels`` (rows of ``class_embeddings``) and
     ``masks``, as torchvision's detectors do.
 
@@ -80,14 +81,22 @@ class Detector(nn.Module):
                 )
             return self.losses(x, list(targets), image_size)
         if class_embeddings is None:
-            raise ValueError("class_embeddings: inference needs (C, text_dim) class embeddings")
-        if class_embeddings.dim() != 2 or class_embeddings.shape[1] != self.text_dim:
             raise ValueError(
-                f"class_embeddings: expected (C, {self.text_dim}), got "
+                f"class_embeddings: inference needs (C, {self.query_dim}) class embeddings"
+            )
+        if class_embeddings.dim() != 2 or class_embeddings.shape[1] != self.query_dim:
+            raise ValueError(
+                f"class_embeddings: expected (C, {self.query_dim}), got "
                 f"{tuple(class_embeddings.shape)}"
             )
         with torch.no_grad():
             return self.inference(x, class_embeddings, image_size)
+
+    @property
+    def query_dim(self) -> int:
+        """Width of the rows of ``class_embeddings`` at inference: ``text_dim`` for the
+        open-vocabulary detectors; a fixed-class detector overrides it."""
+        return self.text_dim
 
     def preprocess(self, images: Tensor) -> Tensor:
         """Normalised float (B, 3, H', W'), H' and W' padded up to ``size_divisibility``."""
