@@ -1,7 +1,7 @@
 """Detector speed against torchvision's: a training step, peak memory and inference, on this CPU.
 
-    python benchmarks/bench_models.py --threads 1                       # both pairs, R-50, 512 px
-    python benchmarks/bench_models.py --archs mask-rcnn-star --steps 3
+    python benchmarks/bench_models.py --threads 1                       # every pair, R-50, 512 px
+    python benchmarks/bench_models.py --archs maskx-rcnn --steps 3
 
 Each of our detectors is set against its torchvision counterpart, both with random weights,
 ResNet-50 + FPN and trainable BatchNorm:
@@ -9,7 +9,11 @@ ResNet-50 + FPN and trainable BatchNorm:
 - ``mask-rcnn-star`` (the paper's recipe, ``--preset coco-oid``: Hourglass-20 mask head on GT
   boxes, open-vocabulary classifier over 512-d phrases) against ``maskrcnn_resnet50_fpn``
   (91 classes, 4-conv mask head on the positive proposals);
-- ``fcos-mo`` (``--preset coco-oid``) against ``fcos_resnet50_fpn`` (91 classes, no masks).
+- ``fcos-mo`` (``--preset coco-oid``) against ``fcos_resnet50_fpn`` (91 classes, no masks);
+- ``maskx-rcnn`` (its defaults: 4-conv mask head on the positive proposals, T of the
+  cls+box weights) over COCO's 80 classes against ``maskrcnn_resnet50_fpn`` with 81 outputs:
+  the same classes and boxes; ours has masks for two of the three boxes (set A), torchvision's
+  for all three (it has no box-only instances).
 
 Same input for both: one in-memory batch of ``--batch`` random images of ``--size`` px, each
 with the same three boxes (two with masks, one an ALP box for ours; torchvision's models get a
@@ -23,7 +27,8 @@ No data loading.
   high-water mark: model, optimiser state, activations).
 - Inference: eval mode, one image; ours scores 80 class embeddings; the median of ``--infer``
   images in ms, and the detections kept (masks are computed for each: with random weights ours
-  keep up to 100, while torchvision's 91-way softmax stays under its 0.05 threshold).
+  keep up to 100, while torchvision's 91-way softmax stays under its 0.05 threshold; MaskX
+  R-CNN's 81-way softmax too).
 
 On a machine where torchvision's compiled operators do not load (`alp_curation.torchvision_fix`),
 torchvision's RoI Align falls back to a pure-Python kernel under ``torch.compile`` that measured
@@ -50,9 +55,30 @@ import alp_curation.torchvision_fix  # before any torchvision import
 import torch
 from torch import nn
 
-REFERENCES = {"mask-rcnn-star": "maskrcnn_resnet50_fpn", "fcos-mo": "fcos_resnet50_fpn"}
+REFERENCES = {
+    "mask-rcnn-star": "maskrcnn_resnet50_fpn",
+    "fcos-mo": "fcos_resnet50_fpn",
+    "maskx-rcnn": "maskrcnn_resnet50_fpn",
+}
+WITH_MASKS = ("mask-rcnn-star", "maskx-rcnn")  # pairs whose torchvision side is Mask R-CNN
 NUM_CLASSES = 91  # torchvision's COCO heads
+FIXED_CLASSES = 80  # MaskX R-CNN's class list (COCO's 80); its torchvision peer gets 81 outputs
 TEXT_DIM = 512
+
+
+def coco_names() -> tuple[str, ...]:
+    from alp_dataset.class_splits import COCO80
+
+    return tuple(COCO80)
+
+
+def fixed_class_targets(targets: list[dict]) -> list[dict]:
+    """MaskX R-CNN's targets: the same boxes as classes 0..2 of its list (two with masks: set
+    A; the third box-only: set B), phrase ids of the class names as the datasets give them."""
+    from alp_curation.phrases import phrase_id
+
+    ids = torch.tensor([phrase_id(n) for n in coco_names()[:3]])
+    return [{**t, "phrase_ids": ids, "is_alp": torch.zeros(3, dtype=torch.bool)} for t in targets]
 
 
 def synthetic_batch(batch: int, size: int, text_dim: int) -> tuple[torch.Tensor, list[dict]]:
@@ -134,8 +160,11 @@ class Side:
         )
         self.images, self.targets = synthetic_batch(args.batch, args.size, TEXT_DIM)
         self.floats = [image.float() / 255 for image in self.images]  # torchvision's input
-        self.ref_targets = reference_targets(self.targets, arch == "mask-rcnn-star")
+        self.ref_targets = reference_targets(self.targets, arch in WITH_MASKS)
         self.classes = torch.nn.functional.normalize(torch.randn(80, TEXT_DIM), dim=1)
+        if arch == "maskx-rcnn":
+            self.targets = fixed_class_targets(self.targets)
+            self.classes = torch.eye(FIXED_CLASSES)  # one-hot queries: every class
 
     def _build(self) -> nn.Module:
         size = self.args.size
@@ -144,13 +173,16 @@ class Side:
 
             use_our_roi_align_in_torchvision()
             build: Callable[..., nn.Module] = getattr(detection, REFERENCES[self.arch])
+            classes = FIXED_CLASSES + 1 if self.arch == "maskx-rcnn" else NUM_CLASSES
             return build(
-                weights=None, weights_backbone=None, num_classes=NUM_CLASSES, min_size=size,
+                weights=None, weights_backbone=None, num_classes=classes, min_size=size,
                 max_size=size,
             )  # fmt: skip
         from models.architectures import ARCHITECTURES, MODEL_PRESETS, build_model
 
-        values = MODEL_PRESETS[self.arch]["coco-oid"]
+        values = dict(MODEL_PRESETS[self.arch]["coco-oid"])
+        if self.arch == "maskx-rcnn":
+            values["classes"] = coco_names()
         return build_model(ARCHITECTURES[self.arch].config(**values))
 
     def step(self) -> float:
@@ -209,8 +241,13 @@ def interleaved(arch: str, args: argparse.Namespace) -> tuple[float, float]:
     return statistics.median(times[False]), statistics.median(times[True])
 
 
+ARGS = argparse.Namespace()  # the parsed flags, which the measuring children get again
+
+
 def _child(arch: str, reference: bool) -> dict[str, Any]:
-    argv = [a for a in sys.argv[1:] if not a.startswith("--archs")]
+    argv = []
+    for name in ("steps", "warmup", "infer", "threads", "size", "batch"):
+        argv += [f"--{name}", str(getattr(ARGS, name))]
     child = [sys.executable, __file__, "--one", f"{arch}:{int(reference)}", *argv]
     done = subprocess.run(child, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -227,12 +264,14 @@ def main() -> None:
     parser.add_argument(
         "--archs",
         default=",".join(REFERENCES),
-        help=f"comma-separated, of {sorted(REFERENCES)} (default: both)",
+        help=f"comma-separated, of {sorted(REFERENCES)} (default: all)",
     )
     parser.add_argument("--size", type=int, default=512, help="image side in px")
     parser.add_argument("--batch", type=int, default=2, help="images per training step")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: ARCH:REFERENCE alone
     args = parser.parse_args()
+    global ARGS
+    ARGS = args
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.one:
