@@ -4,6 +4,9 @@
         --images coco/train2017 --output out/coco_voc_base --split coco_voc --mask-classes base
     # MaskX R-CNN (Hu et al., Sec. 4.1): boxes for every class of the split, masks for A only
     beam run pipelines/build_coco_shards.py ... --split coco_voc --boxes-for split-classes
+    # The same with a split given as its classes: boxes for A ∪ B, masks for A = circle, square
+    beam run pipelines/build_coco_shards.py ... --base-classes circle,square \\
+        --novel-classes triangle,star --boxes-for split-classes
 
 Stages (labelled composites, the work in `pipelines.coco`'s pure functions)::
 
@@ -78,6 +81,7 @@ from pipelines.options import (
     add_help_beam_flag,
     add_runner_flag,
     alp_version,
+    class_list,
     positive_int,
 )
 from pipelines.writers import WriteManifest
@@ -101,8 +105,9 @@ DEAD = "coco.dead_letters."  # + reason
 DESCRIPTION = """\
 Turn COCO instance annotations and their images into WebDataset shards: one sample per image with
 its instances (box, class name, compressed RLE mask or none), keeping masks only for the chosen
-classes of a split and, when asked, boxes for more classes (MaskX R-CNN's setting). Bad entries
-become dead letters, and manifest.json accounts for every image and annotation.
+classes of a split (a named one, or base / novel class lists) and, when asked, boxes for more
+classes (MaskX R-CNN's setting). Bad entries become dead letters, and manifest.json accounts for
+every image and annotation.
 """
 
 EPILOG = """\
@@ -134,10 +139,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", metavar="DIR", help="(required) output directory")
     parser.add_argument(
         "--split",
-        default=SPLIT_ALL,
+        default=None,
         choices=(*SPLIT_NAMES, SPLIT_ALL),
         help="class split (alp_dataset.class_splits); 'all': every category of the file is a "
-        "base class; default: %(default)s",
+        f"base class; default: {SPLIT_ALL} (unless --base-classes gives the split)",
+    )
+    parser.add_argument(
+        "--base-classes",
+        type=class_list,
+        default=None,
+        metavar="A,B",
+        help="a custom split instead of --split: its base class names, comma-separated (as "
+        "python -m models.evaluate takes them); alone, the split has no novel class; "
+        "default: none",
+    )
+    parser.add_argument(
+        "--novel-classes",
+        type=class_list,
+        default=None,
+        metavar="C,D",
+        help="the custom split's novel class names, comma-separated (needs --base-classes; no "
+        "class may be in both); default: none",
     )
     parser.add_argument(
         "--mask-classes",
@@ -191,13 +213,40 @@ def build_options(args: argparse.Namespace) -> dict[str, Any]:
         "instances",
         "images",
         "split",
+        "base_classes",
+        "novel_classes",
         "mask_classes",
         "boxes_for",
         "keep_empty_images",
         "shard_size",
         "dead_letter_rows_per_file",
     )
-    return {name: getattr(args, name) for name in names}
+    options = {name: getattr(args, name) for name in names}
+    for name in ("base_classes", "novel_classes"):
+        if options[name] is not None:
+            options[name] = list(options[name])  # as given: the manifest says what was asked
+    return options
+
+
+def resolve_split(args: argparse.Namespace) -> str | None:
+    """Check --split against --base-classes / --novel-classes and fill in the defaults: the
+    split's name ('all' when nothing was given), or None for a custom split (then
+    ``args.novel_classes`` is a tuple, empty for no novel class). UsageError when they clash."""
+    if args.novel_classes is not None and args.base_classes is None:
+        raise launcher.UsageError(
+            f"--novel-classes {','.join(args.novel_classes)} needs --base-classes"
+        )
+    if args.base_classes is None:
+        args.split = SPLIT_ALL if args.split is None else args.split
+        return args.split
+    if args.split is not None:
+        raise launcher.UsageError(
+            f"--split {args.split} and --base-classes / --novel-classes both choose the "
+            "classes: give one of them"
+        )
+    if args.novel_classes is None:
+        args.novel_classes = ()
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -459,7 +508,14 @@ def format_summary(manifest: Mapping[str, Any], *, out_dir: str, seconds: float)
     width = max(len(r[0]) for r in rows)
     value_width = max(len(r[1]) for r in rows)
     body = [f"{n:<{width}}  {v:>{value_width}}  {note}".rstrip() for n, v, note in rows]
-    title = f"COCO shards -> {out_dir}  (split {manifest['options']['split']})"
+    options = manifest["options"]
+    split = (
+        f"split {options['split']}"
+        if options.get("split") is not None
+        else f"base classes {', '.join(options['base_classes'])}; "
+        f"novel classes {', '.join(options['novel_classes']) or 'none'}"
+    )
+    title = f"COCO shards -> {out_dir}  ({split})"
     return "\n".join([title, "-" * max(len(line) for line in body), *body])
 
 
@@ -472,6 +528,10 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> i
         return launcher.usage_error(exc)
     if args.instances is None or args.images is None or args.output is None:
         parser.error("--instances, --images and --output are required")
+    try:
+        split = resolve_split(args)
+    except launcher.UsageError as exc:
+        return launcher.usage_error(exc)
     try:
         # Everything that can fail before any work is checked here; the output is cleared last.
         matched = FileSystems.match([args.instances])[0].metadata_list
@@ -486,7 +546,9 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> i
         categories = check_instances(doc, args.instances)
         selection = select_classes(
             categories.values(),
-            split=args.split,
+            split=split,
+            base=None if split is not None else frozenset(args.base_classes),
+            novel=frozenset(args.novel_classes or ()),
             mask_classes=args.mask_classes,
             boxes_for=args.boxes_for,
         )

@@ -131,27 +131,50 @@ class ClassSelection:
 
 
 def select_classes(
-    names: Iterable[str], *, split: str, mask_classes: str, boxes_for: str
+    names: Iterable[str],
+    *,
+    split: str | None = None,
+    base: frozenset[str] | None = None,
+    novel: frozenset[str] = frozenset(),
+    mask_classes: str,
+    boxes_for: str,
 ) -> ClassSelection:
-    """The classes of the file (``names``) divided as --split, --mask-classes, --boxes-for ask.
+    """The classes of the file (``names``) divided as --split (or --base-classes /
+    --novel-classes), --mask-classes and --boxes-for ask.
 
-    ``split="all"`` makes every class of the file a base class. Raises ValueError for an unknown
-    choice, or when no class of the file belongs to the split.
+    The split is either named, ``split`` (a split of `alp_dataset.class_splits`, or ``"all"``:
+    every class of the file is a base class), or given by its classes, ``base`` and ``novel``
+    (a custom split; no novel class when ``novel`` is empty). Classes of the split that no
+    category of the file has are listed in ``split_not_in_file``. Raises ValueError for an unknown
+    choice, for a split given both ways or neither, for novel classes without base classes, for
+    a class that is both base and novel, or when no class of the file belongs to the split.
     """
     if mask_classes not in MASK_CLASSES:
         raise ValueError(f"mask_classes {mask_classes!r}: expected one of {list(MASK_CLASSES)}")
     if boxes_for not in BOXES_FOR:
         raise ValueError(f"boxes_for {boxes_for!r}: expected one of {list(BOXES_FOR)}")
     in_file = frozenset(names)
+    if split is not None and (base is not None or novel):
+        raise ValueError(f"split {split!r} and base / novel classes given together: choose one way")
     if split == SPLIT_ALL:
         base, novel = in_file, frozenset()
-    else:
+    elif split is not None:
         s = get_split(split)
         base, novel = frozenset(s.base), frozenset(s.novel)
+    elif not base:
+        raise ValueError(
+            "no split: expected a split name or at least one base class"
+            + (f" (novel classes {sorted(novel)} need base classes)" if novel else "")
+        )
+    else:
+        both = sorted(base & novel)
+        if both:
+            raise ValueError(f"classes {both} are both base and novel classes")
+    what = f"split {split!r}" if split is not None else "the base and novel classes"
     split_classes = base | novel
     if not in_file & split_classes:
         raise ValueError(
-            f"no category of the instances file is a class of split {split!r} "
+            f"no category of the instances file is a class of {what} "
             f"(file: {sorted(in_file)[:5]}...; split: {sorted(split_classes)[:5]}...)"
         )
     wanted = {"base": base, "novel": novel, "all": split_classes}[mask_classes]
@@ -161,7 +184,7 @@ def select_classes(
     if not mask | box_only:
         raise ValueError(
             f"--mask-classes {mask_classes} --boxes-for {boxes_for} keep no class of the file "
-            f"in split {split!r}"
+            f"in {what}"
         )
     return ClassSelection(
         mask=mask,

@@ -26,6 +26,18 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def class_list(text: str) -> tuple[str, ...]:
+    """ "dog, sofa,red car" -> ("dog", "sofa", "red car"), as `models.evaluate` reads its
+    --base-classes / --novel-classes; an empty or repeated name is an error."""
+    names = tuple(part.strip() for part in text.split(","))
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"class list {text!r} holds an empty name")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise argparse.ArgumentTypeError(f"class list {text!r} repeats {repeated}")
+    return names
+
+
 def add_runner_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--runner",

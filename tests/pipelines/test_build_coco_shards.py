@@ -272,6 +272,32 @@ def test_select_classes_follows_split_mask_classes_and_boxes_for() -> None:
         select_classes(["circle"], split="coco_voc", mask_classes="base", boxes_for="all")
 
 
+def test_select_classes_takes_a_split_given_as_base_and_novel_classes() -> None:
+    names = ["circle", "square", "triangle", "star", "heart"]
+    lists = {"base": frozenset({"circle", "square"}), "novel": frozenset({"triangle", "unicorn"})}
+    maskx = select_classes(names, **lists, mask_classes="base", boxes_for="split-classes")
+    assert (maskx.mask, maskx.box_only) == ({"circle", "square"}, {"triangle"})
+    assert (maskx.not_selected, maskx.split_not_in_file) == ({"star", "heart"}, ("unicorn",))
+    full = select_classes(names, **lists, mask_classes="all", boxes_for="split-classes")
+    assert (full.mask, full.box_only) == ({"circle", "square", "triangle"}, set())
+    alone = select_classes(
+        names, base=frozenset({"star"}), mask_classes="novel", boxes_for="split-classes"
+    )
+    assert (alone.mask, alone.box_only) == (set(), {"star"})  # no novel class: boxes only
+    kw: dict[str, Any] = {"mask_classes": "base", "boxes_for": "split-classes"}
+    errors = [
+        ({"base": frozenset({"circle", "star"}), "novel": frozenset({"star"})},
+         r"classes \['star'\] are both base and novel"),
+        ({"novel": frozenset({"star"})}, r"novel classes \['star'\] need base classes"),
+        ({"split": "coco_voc", "base": frozenset({"circle"})}, "given together"),
+        ({}, "expected a split name or at least one base class"),
+        ({"base": frozenset({"person"})}, "no category .* the base and novel classes"),
+    ]  # fmt: skip
+    for chosen, message in errors:
+        with pytest.raises(ValueError, match=message):
+            select_classes(names, **chosen, **kw)
+
+
 def test_parse_image_names_field_and_reason() -> None:
     good = parse_image({"id": 3, "file_name": "a/B.JPG", "width": 4, "height": 5})
     assert isinstance(good, ImageEntry)
@@ -466,6 +492,85 @@ def test_maskx_run_keeps_boxes_of_every_split_class(
                 assert (inst["source"], inst["has_mask"]) == ("mask", True)
             else:
                 assert (inst["source"], inst["has_mask"], inst["rle"]) == ("box", False, None)
+
+
+@pytest.fixture(scope="module")
+def shape_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(instances, images) of a clean world of five shape classes, under their own names."""
+    world = write_world(
+        tmp_path_factory.mktemp("shapes"),
+        8,
+        seed=3,
+        classes=("circle", "square", "triangle", "star", "heart"),
+        image_size=(64, 64),
+    )
+    assert world.images is not None
+    return world.instances, world.images
+
+
+def test_class_lists_give_boxes_for_base_and_novel_and_masks_for_base(
+    shape_world: tuple[Path, Path], tmp_path: Path
+) -> None:
+    instances, images = shape_world
+    out = tmp_path / "lists"
+    status, stdout, err = build(
+        "--instances", str(instances), "--images", str(images), "--output", str(out),
+        "--base-classes", "square, circle", "--novel-classes", "triangle,star,unicorn",
+        "--boxes-for", "split-classes",
+    )  # fmt: skip
+    assert status == 0, err
+    assert "(base classes square, circle; novel classes triangle, star, unicorn)" in stdout
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert manifest_problems(manifest) == []
+    assert manifest["classes"] == {
+        "mask": ["circle", "square"],
+        "box_only": ["star", "triangle"],
+        "not_selected": ["heart"],
+        "split_not_in_file": ["unicorn"],
+    }
+    options = manifest["options"]
+    assert (options["split"], options["base_classes"], options["novel_classes"]) == (
+        None,
+        ["square", "circle"],
+        ["triangle", "star", "unicorn"],
+    )
+    doc = json.loads(instances.read_text())
+    names = {c["id"]: c["name"] for c in doc["categories"]}
+    wanted = Counter(names[a["category_id"]] for a in doc["annotations"])
+    counts = manifest["counts"]["annotations"]
+    assert counts["mask"] == wanted["circle"] + wanted["square"] > 0
+    assert counts["box"] == wanted["triangle"] + wanted["star"] > 0
+    assert counts["not_selected"] == wanted["heart"]
+    for members in read_shards(out).values():
+        for inst in json.loads(members["instances.json"])["instances"]:
+            has_mask = inst["class_name"] in ("circle", "square")
+            assert (inst["source"], inst["has_mask"]) == ("mask" if has_mask else "box", has_mask)
+
+
+def test_class_lists_that_clash_are_usage_errors(
+    shape_world: tuple[Path, Path], tmp_path: Path
+) -> None:
+    instances, images = shape_world
+    out = tmp_path / "out"
+    paths = ["--instances", str(instances), "--images", str(images), "--output", str(out)]
+    cases = [
+        (["--split", "all", "--base-classes", "circle"], "--split all and --base-classes"),
+        (["--novel-classes", "star"], "--novel-classes star needs --base-classes"),
+        (["--base-classes", "circle,,star"], "'circle,,star' holds an empty name"),
+        (["--base-classes", "circle", "--novel-classes", "star,star"], r"repeats ['star']"),
+        (["--base-classes", "circle,star", "--novel-classes", "star,square"],
+         "classes ['star'] are both base and novel classes"),
+        (["--base-classes", "person", "--novel-classes", "dog"], "no category"),
+    ]  # fmt: skip
+    for argv, message in cases:
+        err = io.StringIO()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            try:
+                status = b.run(["--runner", "FnApiRunner", *paths, *argv])
+            except SystemExit as exc:  # argparse's own usage errors
+                status = exc.code
+        assert status == 2 and message in err.getvalue(), (argv, err.getvalue())
+        assert not out.exists()
 
 
 def test_a_second_run_is_byte_identical(
