@@ -32,7 +32,7 @@ TINY_MODELS: dict[str, dict[str, Any]] = {
     "maskx-rcnn": {
         "backbone": "resnet_small", "fpn_channels": 16, "text_dim": 384, "mask_channels": 8,
         "box_head_dim": 32, "rpn_post_nms_topk_test": 100,
-        "classes": ("circle", "square", "triangle"),
+        "classes": ("circle", "square", "triangle", "star"),  # the synthetic test worlds' shapes
     },
 }  # fmt: skip
 assert set(TINY_MODELS) == set(ARCHITECTURES)

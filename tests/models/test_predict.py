@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from alp_dataset.transforms import EvalTransform
-from models.architectures import ARCH_NAMES
+from models.architectures import ARCH_NAMES, ARCHITECTURES
 from models.draw import colour_for, draw_predictions
 from models.predict import (
     inference_settings,
@@ -121,13 +121,22 @@ def test_command_line_draws_on_a_real_photo(
     Image.fromarray(photo[:, :400]).save(tmp_path / "astronaut.png")  # 400 x 512: not square
     checkpoint = save_tiny_checkpoint(tmp_path / "ckpt.pt", arch)
     out = tmp_path / "drawn" / "astronaut_pred.png"
-    status = main(
-        [
-            "--checkpoint", str(checkpoint), "--image", str(tmp_path / "astronaut.png"),
-            "--classes", "person,rocket,american flag", "--out", str(out),
-            "--score-threshold", "0", "--size", "128", "--device", "cpu",
-        ]
-    )  # fmt: skip
+    # Free text for the open-vocabulary detectors; a fixed-class one (MaskX R-CNN) detects all
+    # of its own classes when --classes is not given, and refuses names it does not have.
+    fixed = ARCHITECTURES[arch].fixed_classes
+    names = (
+        ("circle", "square", "triangle", "star") if fixed else ("person", "rocket", "american flag")
+    )
+    common = [
+        "--checkpoint", str(checkpoint), "--image", str(tmp_path / "astronaut.png"),
+        "--out", str(out), "--score-threshold", "0", "--size", "128", "--device", "cpu",
+    ]  # fmt: skip
+    if fixed:
+        with pytest.raises(SystemExit) as exc:
+            main([*common, "--classes", "person,circle"])
+        assert exc.value.code == 2
+        assert "['person'] are not classes of this checkpoint" in capsys.readouterr().err
+    status = main(common if fixed else [*common, "--classes", ",".join(names)])
     assert status == 0
     with Image.open(out) as drawn:
         assert drawn.format == "PNG" and drawn.size == (400, 512) and drawn.mode == "RGB"
@@ -136,7 +145,7 @@ def test_command_line_draws_on_a_real_photo(
     assert 0 < len(lines) <= 100
     for line in lines:
         label, score, box = line.split("\t")
-        assert label in ("person", "rocket", "american flag")
+        assert label in names
         assert 0.0 <= float(score) <= 1.0
         x0, y0, x1, y1 = (float(v) for v in box.split())
         assert 0 <= x0 <= x1 <= 400 and 0 <= y0 <= y1 <= 512
