@@ -124,3 +124,26 @@ def test_resuming_gives_the_same_losses_and_weights(partial: Path, tmp_path: Pat
     final_b = load_checkpoint(split / "last.pt")["model"]
     for key, value in final_a.items():
         assert torch.allclose(value.float(), final_b[key].float(), atol=1e-6), key
+
+
+@pytest.mark.slow
+def test_init_from_a_detector_of_other_classes_is_refused(
+    partial: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from alp_curation.encoders import MINILM_ID
+    from models.architectures import MaskXRCNNConfig, build_model
+    from models.config import config_to_dict
+    from models.engine.checkpoint import save_checkpoint
+
+    cfg = MaskXRCNNConfig(
+        backbone="resnet_small", fpn_channels=16, text_dim=384, mask_channels=8,
+        box_head_dim=32, classes=("circle", "square", "triangle"),
+    )  # fmt: skip
+    config = {"arch": "maskx-rcnn", "model": config_to_dict(cfg), "train": {},
+              "text_encoder": MINILM_ID}  # fmt: skip
+    other = save_checkpoint(tmp_path / "other.pt", model=build_model(cfg), step=0, config=config)
+    argv = [*FLAGS, "--shards", str(partial), "--train-stage", "masks", "--init-from", str(other),
+            "--output-dir", str(tmp_path / "run")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "its weights do not fit this model" in err and "classes" in err
