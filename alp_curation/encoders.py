@@ -299,18 +299,46 @@ class MiniLMEncoder:
         return path
 
     def encode(self, texts: list[str]) -> np.ndarray:
+        """float32 (N, 384), unit rows, in input order.
+
+        The texts are tokenised once, sorted by token length and batched in that order, so a batch
+        pads to a length close to each of its texts (sentence-transformers' own ``encode`` sorts by
+        characters, which tracks tokens loosely). The order depends only on ``texts``, so the same
+        list gives the same floats, hence the same embedding-cache bytes.
+        """
         if len(texts) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         if self._model is None:
             self._load()
+        model = self._model
+        tokenizer = model.tokenizer
+        # As sentence-transformers' Transformer.preprocess: longest-first truncation at the
+        # model's max_seq_length, special tokens added; no padding yet.
+        encoded = tokenizer(
+            list(texts),
+            truncation="longest_first",
+            max_length=model.max_seq_length,
+            padding=False,
+            return_attention_mask=False,
+        )
+        ids: list[list[int]] = encoded["input_ids"]
+        type_ids: list[list[int]] | None = encoded.get("token_type_ids")
+        lengths = np.fromiter((len(row) for row in ids), dtype=np.int64, count=len(ids))  # (N,)
+        order = np.argsort(-lengths, kind="stable")  # longest first, ties in input order
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
         with torch.inference_mode():
-            emb = self._model.encode(
-                list(texts),
-                batch_size=self.batch_size,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
-        return np.asarray(emb, dtype=np.float32)
+            for start in range(0, len(texts), self.batch_size):
+                rows = order[start : start + self.batch_size]
+                features = _padded_features(
+                    [ids[i] for i in rows],
+                    None if type_ids is None else [type_ids[i] for i in rows],
+                    pad_id=int(tokenizer.pad_token_id or 0),
+                    left=tokenizer.padding_side == "left",
+                )
+                features = {name: value.to(self.device) for name, value in features.items()}
+                emb = model(features)["sentence_embedding"]  # (B, D)
+                out[rows] = emb.float().cpu().numpy()
+        return out
 
     def _load(self) -> None:
         # The model folder is local; offline mode keeps the hub client from asking about it.
@@ -320,6 +348,27 @@ class MiniLMEncoder:
         if self.num_threads is not None:
             torch.set_num_threads(self.num_threads)
         self._model = SentenceTransformer(str(self.model_dir()), device=self.device)
+
+
+def _padded_features(
+    ids: list[list[int]], type_ids: list[list[int]] | None, *, pad_id: int, left: bool
+) -> dict[str, torch.Tensor]:
+    """Token id rows of one batch -> (B, L) input_ids, attention_mask (and token_type_ids),
+    padded to the batch's longest row, as a Hugging Face tokenizer pads them."""
+    width = max(len(row) for row in ids)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)  # (B, L)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)  # (B, L)
+    types = torch.zeros((len(ids), width), dtype=torch.long) if type_ids is not None else None
+    for b, row in enumerate(ids):
+        cols = slice(width - len(row), width) if left else slice(0, len(row))
+        input_ids[b, cols] = torch.tensor(row, dtype=torch.long)
+        mask[b, cols] = 1
+        if types is not None and type_ids is not None:
+            types[b, cols] = torch.tensor(type_ids[b], dtype=torch.long)
+    features = {"input_ids": input_ids, "attention_mask": mask}
+    if types is not None:
+        features["token_type_ids"] = types
+    return features
 
 
 def _real_lengths(tokens: torch.Tensor) -> torch.Tensor:

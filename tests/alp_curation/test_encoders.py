@@ -255,3 +255,58 @@ def test_minilm_pickles_without_its_model(minilm: MiniLMEncoder) -> None:
     clone = pickle.loads(blob)
     assert clone._model is None
     np.testing.assert_allclose(clone.encode(["a red car"]), before, atol=1e-6)
+
+
+def _mixed_length_texts() -> list[str]:
+    """Texts of many token lengths in no order, one past MiniLM's 256-token limit.
+
+    "word" is one token in 5 characters and "!" one in 1, so the order by characters (which
+    sentence-transformers sorts on) is not the order by tokens.
+    """
+    rng = np.random.default_rng(0)
+    pieces = ("word ", "!")
+    texts = [pieces[i % 2] * int(n) for i, n in enumerate(rng.integers(1, 40, size=45))]
+    return [*texts, *TEXTS, " ".join(["very"] * 300) + " long caption"]
+
+
+def test_minilm_matches_sentence_transformers_encode(minilm: MiniLMEncoder) -> None:
+    texts = _mixed_length_texts()
+    ours = minilm.encode(texts)  # (N, 384)
+    minilm.encode(texts[:1])  # the model is loaded; compare with its own encode
+    theirs = minilm._model.encode(texts, batch_size=minilm.batch_size, convert_to_numpy=True)
+    assert ours.shape == (len(texts), 384) and ours.dtype == np.float32
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+def test_minilm_batches_by_token_length_and_restores_order(
+    minilm: MiniLMEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    texts = _mixed_length_texts()
+    minilm.encode(texts[:1])
+    model = minilm._model
+    true_lengths = [len(row) for row in model.tokenizer(texts, truncation=True)["input_ids"]]
+    seen: list[tuple[int, int]] = []  # (padded width, real tokens) per batch
+
+    def record(_module: torch.nn.Module, args: tuple[dict[str, torch.Tensor]]) -> None:
+        mask = args[0]["attention_mask"]  # (B, L)
+        seen.append((mask.shape[1], int(mask.sum())))
+
+    monkeypatch.setattr(minilm, "batch_size", 8)
+    handle = model.register_forward_pre_hook(record)
+    try:
+        batched = minilm.encode(texts)
+    finally:
+        handle.remove()
+    widths = [width for width, _ in seen]
+    assert widths == sorted(widths, reverse=True)  # longest batch first
+    assert sum(real for _, real in seen) == sum(true_lengths)
+    # Batches are the texts ranked by token count, 8 at a time, each padded to its longest.
+    ranked = sorted(true_lengths, reverse=True)
+    assert widths == [ranked[i] for i in range(0, len(ranked), 8)]
+    one_by_one = np.stack([minilm.encode([text])[0] for text in texts[:6]])  # (6, 384)
+    np.testing.assert_allclose(batched[:6], one_by_one, atol=1e-5)
+
+
+def test_minilm_encode_is_deterministic_to_the_byte(minilm: MiniLMEncoder) -> None:
+    texts = _mixed_length_texts()
+    assert minilm.encode(texts).tobytes() == minilm.encode(list(texts)).tobytes()
