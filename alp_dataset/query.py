@@ -190,17 +190,21 @@ def alps_of_image(
 def phrase_frequencies(store: AlpStore) -> pl.LazyFrame:
     """One row per phrase: phrase, phrase_id, n_alps, n_images; most frequent first.
 
-    Ties are broken by phrase text, so the order is deterministic. ``n_images`` counts distinct
-    image keys (dataset_id, image_id) through a 64-bit hash of each key: grouping by the integer
-    phrase_id and counting hashes takes about a third of the memory and half the time of counting
-    the strings (benchmarks/bench_polars.py), and two images of one phrase would have to share a
-    hash to be counted once (odds below 1e-7 for a phrase in a million images).
+    Ties are broken by phrase text, so the order is deterministic. Rows are grouped on the phrase
+    string itself; ``phrase_id`` is a function of the phrase, so any row's id is the group's.
+    Grouping on the string and taking the id is faster than grouping on the integer id and taking
+    the string (polars hashes and compares the short phrase strings quickly, and gathering a
+    string per group costs more than gathering an integer): figures in docs/benchmarks.md, from
+    benchmarks/bench_polars.py, which times this query beside a plain ``group_by("phrase").len()``.
+    ``n_images`` counts distinct image keys (dataset_id, image_id) through a 64-bit hash of each
+    key, so two images of one phrase would have to share a hash to be counted once (odds below
+    1e-7 for a phrase in a million images).
     """
     image_key_hash = pl.struct("dataset_id", "image_id").hash()
     return (
-        store.alps.group_by("phrase_id")
+        store.alps.group_by("phrase")
         .agg(
-            pl.col("phrase").first(),  # phrase_id is a function of the phrase
+            pl.col("phrase_id").first(),  # phrase_id is a function of the phrase
             pl.len().cast(pl.Int64).alias("n_alps"),
             image_key_hash.n_unique().cast(pl.Int64).alias("n_images"),
         )

@@ -39,7 +39,7 @@ from alp_dataset.query import (
     normalise_query,
     phrase_frequencies,
 )
-from alp_dataset.schema import ALP_SCHEMA, MANIFEST_NAME
+from alp_dataset.schema import ALP_SCHEMA, MANIFEST_NAME, phrase_id
 
 # Fixtures of tests/alp_dataset/conftest.py.
 WorldRun = Any  # world_run: .out (the run), .world (narratives, instances, images)
@@ -131,6 +131,9 @@ def test_phrase_frequencies(tiny_run: Path) -> None:
         ("dog", 2, 2),  # images d/1 and e/1: same image_id, two datasets
         ("square", 1, 1),
     ]
+    # Grouped on the phrase string: each row's id is the id of that phrase.
+    for phrase, pid in frequencies.select("phrase", "phrase_id").rows():
+        assert pid == phrase_id(phrase), phrase
 
 
 def test_box_stats(tiny_run: Path) -> None:
