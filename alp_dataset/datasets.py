@@ -92,6 +92,7 @@ from webdataset.shardlists import expand_urls
 from webdataset.tariterators import base_plus_ext
 
 from alp_dataset.coco_shards import SAMPLE_INSTANCES, SOURCE_BOX, SOURCE_MASK, decode_masks
+from alp_dataset.rle_masks import RleMasks
 from alp_dataset.schema import (
     IMAGE_EXTENSIONS,
     MANIFEST_NAME,
@@ -101,7 +102,7 @@ from alp_dataset.schema import (
     phrase_id,
 )
 from alp_dataset.tar_members import shard_stream, tar_members
-from alp_dataset.transforms import GEOMETRY, INSTANCES, EvalTransform, Instances
+from alp_dataset.transforms import GEOMETRY, INSTANCES, EvalTransform, Instances, TrainTransform
 
 __all__ = [
     "SOURCE_ALP",
@@ -332,8 +333,13 @@ def decode_coco_sample(
     *,
     keep_crowd: bool = False,
     class_embeddings: Mapping[str, np.ndarray] | None = None,
+    lazy_masks: bool = False,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """A COCO shard sample -> image, target with ``"instances"`` (before any transform)."""
+    """A COCO shard sample -> image, target with ``"instances"`` (before any transform).
+
+    The masks are a bool (N, H, W) tensor, or with ``lazy_masks`` an `RleMasks` (checked, not
+    decoded) that `apply_geometry` decodes for the instances its crop keeps, window only.
+    """
     # Naming convention: N = kept instances, H, W = stored image size, D = embedding width.
     doc = _json_member(raw, SAMPLE_INSTANCES)
     instances = [i for i in doc["instances"] if keep_crowd or not i["iscrowd"]]
@@ -345,7 +351,11 @@ def decode_coco_sample(
         )
     n = len(instances)
     rles = [i["rle"] if i["has_mask"] else None for i in instances]
-    masks = torch.from_numpy(decode_masks(rles, h, w))  # (N, H, W) bool
+    masks: torch.Tensor | RleMasks = (
+        RleMasks.from_rles(rles, h, w)
+        if lazy_masks
+        else torch.from_numpy(decode_masks(rles, h, w))  # (N, H, W) bool
+    )
     names = tuple(str(i["class_name"]) for i in instances)
     fields: dict[str, Any] = {
         "source": tuple(str(i["source"]) for i in instances),
@@ -401,7 +411,8 @@ def flatten_target(target: Mapping[str, Any]) -> dict[str, Any]:
     instances: Instances = out.pop(INSTANCES)
     fields: Mapping[str, Any] = out.pop(INSTANCE_FIELDS, {})
     out["boxes_xyxy_px"] = instances.boxes_xyxy_px
-    out["masks"] = instances.masks
+    masks = instances.masks
+    out["masks"] = masks.decode() if isinstance(masks, RleMasks) else masks
     out["is_alp"] = instances.alp()
     keep = instances.fields[INDEX]
     out.update((name, _take(value, keep)) for name, value in fields.items())
@@ -657,7 +668,9 @@ class AlpShardDataset(ShardDataset):
 class CocoShardDataset(ShardDataset):
     """Samples of the COCO shards of `pipelines/build_coco_shards.py`.
 
-    Masks are decoded for ``has_mask`` instances (all-False rows for box-only ones). Crowd
+    Masks are decoded for ``has_mask`` instances (all-False rows for box-only ones); with a
+    `TrainTransform` only those of the instances its crop keeps, and only the pixels its window
+    reads (a `TrainTransform` subclass gets `RleMasks` in its input target). Crowd
     instances are left out unless ``keep_crowd``. ``class_embeddings`` (class name -> (D,)
     array, e.g. prompt-ensemble embeddings of the class names) fills ``text_embeddings``.
     Other arguments: `ShardDataset`.
@@ -677,5 +690,8 @@ class CocoShardDataset(ShardDataset):
 
     def decode(self, raw: RawSample) -> Sample:
         return decode_coco_sample(
-            raw, keep_crowd=self.keep_crowd, class_embeddings=self.class_embeddings
+            raw,
+            keep_crowd=self.keep_crowd,
+            class_embeddings=self.class_embeddings,
+            lazy_masks=isinstance(self.transform, TrainTransform),
         )

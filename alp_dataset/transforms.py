@@ -55,6 +55,7 @@ import torch
 import torch.nn.functional as F
 
 from alp_curation.boxes import QUANTIZATION_Q, quantize_boxes_xyxy_px
+from alp_dataset.rle_masks import RleMasks
 
 __all__ = [
     "GEOMETRY",
@@ -84,6 +85,8 @@ def _length(value: Any) -> int | None:
 
 
 def _select(value: Any, keep: torch.Tensor) -> Any:
+    if isinstance(value, RleMasks):
+        return value.select(keep)
     if isinstance(value, torch.Tensor):
         return value[keep.to(value.device)]
     if isinstance(value, np.ndarray):
@@ -98,7 +101,9 @@ class Instances:
 
     Attributes:
         boxes_xyxy_px: (N, 4) floating tensor, pixels of the image they belong to.
-        masks: (N, H, W) bool or uint8 tensor at the image's size, or None (no masks).
+        masks: (N, H, W) bool or uint8 tensor at the image's size, an `RleMasks` of that
+            shape (decoded by `apply_geometry` for the instances it keeps, and only the pixels
+            its window reads), or None (no masks).
         is_alp: (N,) bool tensor, True for ALP boxes (quantized in training, no box-regression
             loss). None: decided by ``fields["source"] == "alp"`` when that field exists, else
             no instance is an ALP.
@@ -119,7 +124,10 @@ class Instances:
         if not boxes.is_floating_point():
             raise ValueError(f"Instances.boxes_xyxy_px must be floating point, got {boxes.dtype}")
         n = boxes.shape[0]
-        if self.masks is not None:
+        if isinstance(self.masks, RleMasks):
+            if len(self.masks) != n:
+                raise ValueError(f"Instances.masks must hold {n} masks, got {self.masks!r}")
+        elif self.masks is not None:
             m = self.masks
             if not (isinstance(m, torch.Tensor) and m.ndim == 3 and m.shape[0] == n):
                 got = tuple(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__
@@ -373,7 +381,9 @@ def _window_image(image: torch.Tensor, geometry: Geometry) -> torch.Tensor:
     return out[0]  # (C, h, w)
 
 
-def _transform_masks(masks: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+def _transform_masks(masks: torch.Tensor | RleMasks, geometry: Geometry) -> torch.Tensor:
+    """Masks of the input (N, H_in, W_in) -> bool / uint8 (N, S_h, S_w) of the output; run
+    lengths are decoded only where the window reads them (`RleMasks.window`)."""
     # Naming convention: N = instances; h, w = content size; S_h, S_w = output size.
     in_h, in_w = geometry.input_hw
     res_h, res_w = geometry.resized_hw
@@ -384,13 +394,16 @@ def _transform_masks(masks: torch.Tensor, geometry: Geometry) -> torch.Tensor:
     cols = _nearest_index(res_w, in_w, geometry.crop_xy[0], w)
     if geometry.flipped:
         cols = in_w - 1 - cols
-    # On CPU, index_select along a middle dim is several times faster than along the last one.
-    by_col = masks.transpose(1, 2).contiguous()  # (N, W_in, H_in)
-    by_col = by_col.index_select(1, cols.to(masks.device))  # (N, w, H_in)
-    content = by_col.transpose(1, 2).index_select(1, rows.to(masks.device))  # (N, h, w)
+    if isinstance(masks, RleMasks):
+        content = masks.window(rows, cols)  # (N, h, w)
+    else:
+        # On CPU, index_select along a middle dim is several times faster than the last one.
+        by_col = masks.transpose(1, 2).contiguous()  # (N, W_in, H_in)
+        by_col = by_col.index_select(1, cols.to(masks.device))  # (N, w, H_in)
+        content = by_col.transpose(1, 2).index_select(1, rows.to(masks.device))  # (N, h, w)
     if (h, w) == geometry.output_hw:
         return content
-    out = masks.new_zeros((masks.shape[0], *geometry.output_hw))  # (N, S_h, S_w)
+    out = content.new_zeros((content.shape[0], *geometry.output_hw))  # (N, S_h, S_w)
     out[:, :h, :w] = content
     return out
 

@@ -6,14 +6,17 @@ Writes a synthetic world at COCO's typical size (640 x 480; images re-encoded as
 90, as COCO's are, or kept as PNG with --png), turns it into COCO shards with
 ``pipelines/build_coco_shards.py`` (masks for every class) and, unless --no-alps, into ALP shards
 with ``pipelines/extract_alps.py`` (offline MiniLM encoder, about a minute). Then, for DataLoader
-workers 0 and 2, measures samples/s over whole epochs of the same shards:
+workers 0 and 2 (--workers), measures samples/s over whole epochs of the same shards:
 
 - raw: ``webdataset.WebDataset`` decoding the image (``torchrgb8``) and the JSON, and for COCO
   shards also the masks' RLE (``pycocotools.mask.decode``): everything the sample stores;
 - dataset: ``CocoShardDataset`` / ``AlpShardDataset`` without a transform (decoding, RLE masks,
   targets);
 - dataset + LSJ: the same with ``TrainTransform(size=512)`` (flip, large-scale jitter, ALP box
-  quantization), batched by ``alp_dataset.loader.make_loader``.
+  quantization), batched by ``alp_dataset.loader.make_loader``; for COCO shards the masks are
+  decoded only for the instances the crop keeps, only the window's columns;
+- COCO only, "LSJ, all masks": the same, every mask decoded whole before the transform (how the
+  COCO dataset decoded before it decoded lazily), for the before / after ratio.
 
 Each rate is the best of --epochs timed epochs after a warm-up one, the three loaders' epochs
 interleaved. Prints one table; "LSJ / raw" is the rate with LSJ over the raw rate of the same
@@ -43,10 +46,17 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from torch.utils.data import DataLoader, default_collate
 
-from alp_dataset.datasets import AlpShardDataset, CocoShardDataset
+from alp_dataset.datasets import AlpShardDataset, CocoShardDataset, decode_coco_sample
 from alp_dataset.loader import make_loader
 from alp_dataset.synthetic import write_world
 from alp_dataset.transforms import TrainTransform
+
+
+class AllMasksCocoDataset(CocoShardDataset):
+    """Every mask decoded whole before the transform, however much of it the crop keeps."""
+
+    def decode(self, raw: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        return decode_coco_sample(raw, lazy_masks=False)
 
 
 def make_world(root: Path, n_images: int, *, jpeg: bool) -> tuple[Path, Path, Path]:
@@ -151,7 +161,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs (best counts)")
     parser.add_argument("--png", action="store_true", help="keep the world's PNG images")
     parser.add_argument("--no-alps", action="store_true", help="skip the ALP shards")
+    parser.add_argument(
+        "--workers", default="0,2", help="DataLoader worker counts, comma-separated (0,2)"
+    )
     args = parser.parse_args()
+    worker_counts = [int(n) for n in args.workers.split(",") if n.strip()]
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -175,7 +189,7 @@ def main() -> None:
         rows = []
         transform = TrainTransform(size=args.size)
         for name, urls, json_name, dataset_type in kinds:
-            for workers in (0, 2):
+            for workers in worker_counts:
                 # The world's images share one size, so batches stack even without a transform.
                 loaders = [
                     raw_loader(urls, json_name, workers, args.batch_size),
@@ -184,18 +198,28 @@ def main() -> None:
                     make_loader(dataset_type(urls, transform=transform, seed=0),
                                 batch_size=args.batch_size, num_workers=workers),
                 ]  # fmt: skip
-                raw, plain, lsj = best_rates(loaders, args.epochs)
-                rows.append((name, workers, raw, plain, lsj))
+                if dataset_type is CocoShardDataset:
+                    loaders.append(
+                        make_loader(AllMasksCocoDataset(urls, transform=transform, seed=0),
+                                    batch_size=args.batch_size, num_workers=workers)
+                    )  # fmt: skip
+                raw, plain, lsj, *before = best_rates(loaders, args.epochs)
+                rows.append((name, workers, raw, plain, lsj, before[0] if before else None))
         header = (
             "shards", "workers", "raw wds", "dataset", "dataset + LSJ", "LSJ / raw",
-            "LSJ / dataset",
+            "LSJ / dataset", "LSJ, all masks", "all masks / raw", "speed-up",
         )  # fmt: skip
         print(f"| {' | '.join(header)} |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
-        for name, workers, raw, plain, lsj in rows:
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for name, workers, raw, plain, lsj, eager in rows:
+            tail = (
+                f"{eager:.1f} | {eager / raw:.2f} | {lsj / eager:.2f}x"
+                if eager is not None
+                else "- | - | -"
+            )
             print(
                 f"| {name} | {workers} | {raw:.1f} | {plain:.1f} | {lsj:.1f} | {lsj / raw:.2f} "
-                f"| {lsj / plain:.2f} |"
+                f"| {lsj / plain:.2f} | {tail} |"
             )
 
 

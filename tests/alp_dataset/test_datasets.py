@@ -34,6 +34,7 @@ from alp_dataset.datasets import (
     CocoShardDataset,
     CorruptDataWarning,
     WorkerSlot,
+    decode_coco_sample,
     exact_shards,
     map_samples,
     output_shards,
@@ -369,6 +370,30 @@ def test_train_transform_is_applied_and_seeded(
     image, target = next(iter(AlpShardDataset(urls, transform=EvalTransform(size=40))))
     assert image.shape == (3, 40, 40)
     assert target["geometry"].output_hw == (40, 40)
+
+
+class EagerMaskCocoDataset(CocoShardDataset):
+    """Every mask decoded before the transform, as without a TrainTransform."""
+
+    def decode(self, raw: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        return decode_coco_sample(raw, lazy_masks=False)
+
+
+def test_coco_training_samples_decode_only_what_the_crop_keeps_and_match_full_decoding(
+    coco_shard: tuple[str, list[TinyImage]],
+) -> None:
+    url, images = coco_shard
+    transform = TrainTransform(size=12, scale_range=(1.5, 3.0))  # crops: instances fall away
+    lazy = list(CocoShardDataset(url, transform=transform, seed=3, shuffle_buffer=0))
+    eager = list(EagerMaskCocoDataset(url, transform=transform, seed=3, shuffle_buffer=0))
+    assert keys_of(lazy) == keys_of(eager) == [coco_sample_key(t.index) for t in images]
+    for (image, target), (eager_image, expected) in zip(lazy, eager, strict=True):
+        assert torch.equal(image, eager_image)
+        assert target["masks"].dtype == torch.bool
+        assert torch.equal(target["masks"], expected["masks"])
+        assert torch.equal(target["boxes_xyxy_px"], expected["boxes_xyxy_px"])
+        assert target["annotation_ids"].tolist() == expected["annotation_ids"].tolist()
+    assert min(len(target["masks"]) for _, target in lazy) < 2  # a crop dropped an instance
 
 
 # ---------------------------------------------------------------------------------------------
