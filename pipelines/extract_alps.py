@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
 from alp_curation.curate import DEFAULT_TEMPORAL_PADDING
 from alp_curation.embedding_cache import EmbeddingCache, EmbeddingCacheError
@@ -47,6 +45,7 @@ from pipelines.io import (
     prepare_output,
     read_head,
 )
+from pipelines.local_workers import LocalPlan, local_plan, worker_environment
 from pipelines.options import (
     add_dead_letter_limit_flag,
     add_help_beam_flag,
@@ -68,8 +67,6 @@ from pipelines.transforms import (
 )
 
 PROG = "beam run pipelines/extract_alps.py"
-# Runners that execute on this machine, where worker processes share its cores.
-LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "PrismRunner")
 DEFAULT_TEXT_ENCODER = "open_clip:ViT-B-32:openai"
 MIB = 2**20
 MAX_HINTED_INPUTS = 10  # inputs whose kind is named when every line became a dead letter
@@ -259,27 +256,21 @@ def curation_options(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name) for name in names}
 
 
-def _encoder_threads(args: argparse.Namespace, options: PipelineOptions) -> int | None:
-    """Torch threads per worker: local worker processes share the machine's cores."""
-    if args.encoder_threads is not None:
-        return args.encoder_threads
-    direct = options.view_as(DirectOptions)
-    if args.runner in LOCAL_RUNNERS and direct.direct_running_mode == "multi_processing":
-        return max(1, (os.cpu_count() or 1) // max(1, direct.direct_num_workers))
-    return None
-
-
 def build_pipeline(
     p: beam.Pipeline,
     args: argparse.Namespace,
     paths: Sequence[str],
     about: dict[str, Any],
     encoder_config: EncoderConfig,
+    plan: LocalPlan,
 ) -> None:
-    """Add the curation stages to ``p`` (``about``: the manifest's static entries)."""
+    """Add the curation stages to ``p`` (``about``: the manifest's static entries; ``plan``: how
+    the input is read, `pipelines.local_workers`)."""
     out = args.output
     encoder = about["encoder"]
-    read = p | "ReadLocNar" >> ReadLocNar(paths, args.max_line_bytes)
+    read = p | "ReadLocNar" >> ReadLocNar(
+        paths, args.max_line_bytes, lanes=plan.lanes, spread_lines=plan.spread_lines
+    )
     parsed = read["lines"] | "ParseRecords" >> ParseRecords(args.max_line_bytes)
     curated = parsed.records | "CurateRecords" >> CurateRecords(
         args.spacy_model, args.batch_size, args.temporal_padding
@@ -345,9 +336,8 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> i
         return launcher.usage_error(exc)
     if args.input is None or args.output is None:
         parser.error("--input and --output are required")
-    encoder_config = EncoderConfig(
-        args.text_encoder, args.encoder_device, _encoder_threads(args, options)
-    )
+    plan = local_plan(args.runner, options, threads=args.encoder_threads)
+    encoder_config = EncoderConfig(args.text_encoder, args.encoder_device, plan.threads)
     try:
         # Everything that can fail before any work is checked here, in the launcher: input
         # patterns, the spaCy model, the encoder's weights. The output is cleared last.
@@ -381,12 +371,13 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> i
         "alp_version": alp_version(),
     }
     paths = [path for path, _ in inputs]
-    finished = launcher.execute(
-        lambda p: build_pipeline(p, args, paths, about, encoder_config),
-        options,
-        args,
-        save_main_session=save_main_session,
-    )
+    with worker_environment(plan):
+        finished = launcher.execute(
+            lambda p: build_pipeline(p, args, paths, about, encoder_config, plan),
+            options,
+            args,
+            save_main_session=save_main_session,
+        )
     if finished is None:
         return launcher.EXIT_FAILED
     stages = m.stage_seconds(finished.result.metrics())

@@ -14,7 +14,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam import pvalue
@@ -86,33 +86,47 @@ def shared_encoder(config: EncoderConfig) -> SharedModel:
 # Read
 
 
+class ReadLane(NamedTuple):
+    """Lines ``number % lanes == lane`` of one input file: the unit of work of `ReadLinesFn`."""
+
+    path: str
+    lane: int = 0
+    lanes: int = 1
+
+
 class ReadLinesFn(beam.DoFn):
-    """Input file path -> its non-blank lines (RawLine); a file that cannot be read to its end
-    gives, after the lines read before the damage, one "read_error" dead letter on the line
-    after the last good one.
+    """Input file (a path: the whole file; or a `ReadLane`) -> its non-blank lines (RawLine); a
+    file that cannot be read to its end gives, after the lines read before the damage, one
+    "read_error" dead letter on the line after the last good one.
 
     The damage may be a compressed stream cut short (even at a line boundary) or corrupt
     (`StreamDamaged`), or a file that cannot be read at all: a folder, a FIFO, no permission.
     Each is one dead letter, never a failed run: the runner's retries would fail the same way.
+    A lane reads the whole file and keeps its own lines (blank ones counted by the lane they
+    fall in); the damage is reported by lane 0 only, so the lanes of a file add up to the file.
     """
 
     def __init__(self, max_line_bytes: int) -> None:
         self.max_line_bytes = max_line_bytes
 
-    def process(self, path: str) -> Iterator[Any]:
+    def process(self, element: ReadLane | str) -> Iterator[Any]:
+        path, lane, lanes = ReadLane(element) if isinstance(element, str) else element
         lines = blank = number = 0
         try:
             with open_input(path) as f:
                 for line in iter_lines(f, path, max_line_bytes=self.max_line_bytes):
                     number = line.number
+                    if number % lanes != lane:
+                        continue
                     if not line.truncated and not line.data.strip():
                         blank += 1
                         continue
                     lines += 1
                     yield line
         except (StreamDamaged, OSError) as exc:
-            yield from self._read_error(path, number + 1, exc)
-            lines += 1
+            if lane == 0:
+                yield from self._read_error(path, number + 1, exc)
+                lines += 1
         yield m.stat(m.INPUT_LINES, lines)
         yield m.stat(m.BLANK_LINES, blank)
 
@@ -129,26 +143,52 @@ class ReadLinesFn(beam.DoFn):
 class ReadLocNar(beam.PTransform):
     """Matched input paths -> {"lines": RawLine, "dead_letters", "stats"}.
 
-    Files are spread over workers, and their lines again after reading, so parsing and tagging
-    scale with the number of lines rather than of files.
+    Two ways to spread the lines over workers, so that parsing and tagging scale with the lines
+    rather than the files:
+
+    - ``lanes=1, spread_lines=True`` (distributed runners): files are spread over workers, and
+      their lines again after reading, through a Reshuffle; the runner's shuffle holds them.
+    - ``lanes=N, spread_lines=False`` (local runners, N = local workers): each file is read as N
+      lanes, lines ``number % N``, spread over the workers; no PCollection of lines is ever
+      materialised, so memory does not grow with the input. A local runner keeps a Reshuffle's
+      whole PCollection in its own memory: about the input's size, which a large input cannot
+      afford, where reading a file N times costs little next to parsing and tagging it.
+
+    Either way the same lines come out, with the same numbers.
     """
 
-    def __init__(self, paths: Sequence[str], max_line_bytes: int) -> None:
+    def __init__(
+        self,
+        paths: Sequence[str],
+        max_line_bytes: int,
+        *,
+        lanes: int = 1,
+        spread_lines: bool = True,
+    ) -> None:
         super().__init__()
+        if lanes < 1:
+            raise ValueError(f"ReadLocNar: lanes = {lanes}, expected an integer >= 1")
         self.paths = list(paths)
         self.max_line_bytes = max_line_bytes
+        self.lanes = lanes
+        self.spread_lines = spread_lines
 
     def expand(self, pbegin: pvalue.PBegin) -> dict[str, pvalue.PCollection]:
+        units = [
+            ReadLane(path, lane, self.lanes) for path in self.paths for lane in range(self.lanes)
+        ]
         read = (
             pbegin
-            | "Paths" >> beam.Create(self.paths)
+            | "Paths" >> beam.Create(units)
             | "SpreadFiles" >> beam.Reshuffle()
             | "ReadLines"
             >> beam.ParDo(ReadLinesFn(self.max_line_bytes)).with_outputs(
                 DEAD_LETTERS, m.STATS, main="lines"
             )
         )
-        lines = read.lines | "SpreadLines" >> beam.Reshuffle()
+        lines = read.lines
+        if self.spread_lines:
+            lines = lines | "SpreadLines" >> beam.Reshuffle()
         return {"lines": lines, DEAD_LETTERS: read[DEAD_LETTERS], m.STATS: read[m.STATS]}
 
 

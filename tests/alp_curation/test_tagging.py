@@ -1,8 +1,12 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import pickle
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -115,3 +119,43 @@ def test_en_core_web_trf_tags() -> None:
     words = by_text(trf.tag([CAPTIONS[0]])[0])
     assert (words["dogs"].pos, words["dogs"].lemma) == ("NOUN", "dog")
     assert words["red"].pos == "ADJ"
+
+
+# ---------------------------------------------------------------------------------------------
+# Plugin discovery off for en_core_web_sm
+
+SAMPLE_NARRATIVES = (
+    Path(__file__).resolve().parents[2] / "samples" / "synthetic" / "narratives.jsonl"
+)
+
+
+def test_en_core_web_sm_loads_without_importing_plugins() -> None:
+    probe = (
+        "import sys\n"
+        "from alp_curation.tagging import load_spacy\n"
+        "nlp = load_spacy('en_core_web_sm')\n"
+        "print(sorted(m for m in ('spacy_transformers', 'transformers') if m in sys.modules))\n"
+        "print(nlp.pipe_names)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=False, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    imported, pipes = done.stdout.strip().splitlines()[-2:]
+    assert imported == "[]"
+    assert pipes == "['tok2vec', 'tagger', 'attribute_ruler', 'lemmatizer']"
+
+
+def test_discovery_does_not_change_a_single_token(tagger: Tagger) -> None:
+    """Every token's text, offsets, POS, tag and lemma, with and without plugin discovery, on the
+    shipped synthetic narratives and the captions of these tests."""
+    captions = [json.loads(line)["caption"] for line in SAMPLE_NARRATIVES.read_text().splitlines()]
+    captions += CAPTIONS
+    with_discovery = Tagger("en_core_web_sm")
+    with_discovery._nlp = load_spacy("en_core_web_sm", discover_plugins=True)
+    assert len(captions) > 100
+    assert tagger.tag(captions) == with_discovery.tag(captions)
+    # Discovery is restored after a load that turned it off.
+    from spacy import util
+
+    assert util.registry._entry_point_factories.entry_points is True

@@ -30,7 +30,14 @@ from alp_curation.streams import BOM
 from pipelines import manifest as m
 from pipelines.elements import DeadLetter, SourcedRecord
 from pipelines.io import RawLine
-from pipelines.transforms import DEAD_LETTERS, ParseLineFn, ParseRecords, ReadLinesFn, ReadLocNar
+from pipelines.transforms import (
+    DEAD_LETTERS,
+    ParseLineFn,
+    ParseRecords,
+    ReadLane,
+    ReadLinesFn,
+    ReadLocNar,
+)
 
 MAX_LINE = 1 << 20
 
@@ -209,3 +216,46 @@ def test_an_annotator_id_out_of_range_names_its_record() -> None:
     (letter,) = dead
     assert (letter.reason, letter.field) == ("out_of_range", "annotator_id")
     assert letter.record_key == "d/img1/" + "9" * 30
+
+
+@pytest.mark.parametrize("lanes", [2, 3, 7])
+def test_lanes_of_a_file_add_up_to_the_file(damaged_inputs: dict[str, Path], lanes: int) -> None:
+    """Every file read as lanes gives the lines, numbers, counts and read errors of one read."""
+    for name, path in damaged_inputs.items():
+        whole, whole_dead, whole_stats = split_outputs(ReadLinesFn(MAX_LINE).process(str(path)))
+        parts = [
+            split_outputs(ReadLinesFn(MAX_LINE).process(ReadLane(str(path), lane, lanes)))
+            for lane in range(lanes)
+        ]
+        read = sorted((line for lines, _, _ in parts for line in lines), key=lambda r: r.number)
+        assert read == whole, name
+        for lane, (lines, _, _) in enumerate(parts):
+            assert all(line.number % lanes == lane for line in lines)
+        assert [d for _, dead, _ in parts for d in dead] == whole_dead, name
+        assert sum((stats for _, _, stats in parts), Counter()) == whole_stats, name
+
+
+def test_read_locnar_in_lanes_without_a_reshuffle_gives_the_same_lines(tmp_path: Path) -> None:
+    blank_among = b"".join(r + (b"\n\n" if i % 5 == 0 else b"\n") for i, r in enumerate(RECORDS))
+    paths = [tmp_path / "a.jsonl", tmp_path / "b.jsonl.gz"]
+    paths[0].write_bytes(blank_among)
+    paths[1].write_bytes(gzip.compress(DATA, mtime=0))
+    expected = [
+        (p.name, line.number, line.data)
+        for p in paths
+        for line in split_outputs(ReadLinesFn(MAX_LINE).process(str(p)))[0]
+    ]
+    p = BeamTestPipeline(runner="FnApiRunner", options=PipelineOptions([]))
+    read = p | ReadLocNar([str(x) for x in paths], MAX_LINE, lanes=3, spread_lines=False)
+    got = read["lines"] | beam.Map(lambda r: (Path(r.source).name, r.number, r.data))
+    stats = read[m.STATS] | beam.CombinePerKey(sum)
+    blank = blank_among.count(b"\n\n")
+    assert_that(got, equal_to(expected), label="Lines")
+    assert_that(
+        stats,
+        equal_to([(m.INPUT_LINES, 2 * len(RECORDS)), (m.BLANK_LINES, blank)]),
+        label="Stats",
+    )
+    p.run().wait_until_finish()
+    with pytest.raises(ValueError, match="lanes = 0"):
+        ReadLocNar([], MAX_LINE, lanes=0)

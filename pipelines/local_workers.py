@@ -1,0 +1,105 @@
+"""How a run on this machine uses its cores: worker processes, their threads, how input is read.
+
+Beam's local runner (FnApiRunner) runs a pipeline in the launcher's process (``in_memory``, the
+default) or in ``--direct_num_workers`` worker threads or processes (``--direct_running_mode``).
+Three things decide whether more workers pay off, and are settled here:
+
+- **Reading.** The local runner keeps every PCollection that crosses a shuffle in its own
+  memory. Spreading the lines of the input over workers through a Reshuffle would hold the whole
+  input there, so a local run reads each file as one lane per worker instead
+  (`pipelines.transforms.ReadLocNar`): memory stays flat in the input size, and the lanes, not a
+  shuffle, spread the lines. Distributed runners keep the Reshuffle (their shuffle is external).
+- **Threads.** Each worker process gets ``cores // workers`` threads for torch, OpenMP, BLAS
+  and Arrow (set in the environment the worker processes inherit, unless the user set them), and
+  no tokenizer thread pool, so N processes never run N x cores threads on the cores.
+- **Start-up.** Each worker process pays its own imports and model loading (spaCy's plugin
+  discovery is off for the shipped models: `alp_curation.tagging`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
+
+__all__ = [
+    "LOCAL_RUNNERS",
+    "THREAD_VARIABLES",
+    "LocalPlan",
+    "local_plan",
+    "worker_environment",
+]
+
+# Runners that execute on this machine, where worker processes share its cores.
+LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "PrismRunner")
+# Thread-pool sizes a worker process reads from its environment when its libraries start.
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",  # torch's OpenMP pool, and Arrow's CPU pool
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "POLARS_MAX_THREADS",
+)
+
+
+@dataclass(frozen=True)
+class LocalPlan:
+    """How a run uses this machine.
+
+    Attributes:
+        local: the runner runs here (one of LOCAL_RUNNERS).
+        processes: worker processes (1 when the runner works in the launcher's process or in
+            threads of it).
+        lanes: lanes each input file is read in (`ReadLocNar`).
+        spread_lines: whether lines go through a Reshuffle after reading.
+        threads: torch / OpenMP / BLAS threads per worker process; None = the libraries' own
+            default (every core).
+    """
+
+    local: bool
+    processes: int
+    lanes: int
+    spread_lines: bool
+    threads: int | None
+
+
+def local_plan(
+    runner: str, options: PipelineOptions, *, cores: int | None = None, threads: int | None = None
+) -> LocalPlan:
+    """The plan for ``runner`` with ``options``' direct-runner settings on ``cores`` cores
+    (default: this machine's); ``threads`` (a user's --encoder-threads) overrides the split."""
+    cores = cores or os.cpu_count() or 1
+    if runner not in LOCAL_RUNNERS:
+        return LocalPlan(False, 1, 1, True, threads)
+    direct = options.view_as(DirectOptions)
+    workers = direct.direct_num_workers
+    workers = cores if workers == 0 else max(1, workers or 1)  # Beam: 0 means one per core
+    mode = direct.direct_running_mode
+    if mode == "multi_processing":
+        per_process = threads if threads is not None else max(1, cores // workers)
+        return LocalPlan(True, workers, workers, False, per_process)
+    if mode == "multi_threading":
+        return LocalPlan(True, 1, workers, False, threads)
+    return LocalPlan(True, 1, 1, False, threads)  # in_memory: one worker whatever the count
+
+
+@contextlib.contextmanager
+def worker_environment(plan: LocalPlan) -> Iterator[None]:
+    """While the block runs (the pipeline starts its worker processes), give them the plan's
+    thread counts through the environment they inherit; variables the user set are kept. The
+    launcher's environment is restored afterwards."""
+    if plan.processes <= 1 or plan.threads is None:
+        yield
+        return
+    wanted = {name: str(plan.threads) for name in THREAD_VARIABLES}
+    wanted["TOKENIZERS_PARALLELISM"] = "false"
+    added = [name for name in wanted if name not in os.environ]
+    for name in added:
+        os.environ[name] = wanted[name]
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)

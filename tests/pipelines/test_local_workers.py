@@ -1,0 +1,55 @@
+"""Tests for pipelines.local_workers: how a local run splits the machine, and the environment
+its worker processes inherit."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines.local_workers import THREAD_VARIABLES, LocalPlan, local_plan, worker_environment
+
+
+def plan(*flags: str, runner: str = "FnApiRunner", cores: int = 8, **kw: int) -> LocalPlan:
+    return local_plan(runner, PipelineOptions(list(flags)), cores=cores, **kw)
+
+
+def test_one_in_process_worker_reads_each_file_once_without_a_reshuffle() -> None:
+    assert plan() == LocalPlan(True, 1, 1, False, None)
+    # in_memory runs one worker whatever --direct_num_workers says (Beam warns about it).
+    assert plan("--direct_num_workers", "4") == LocalPlan(True, 1, 1, False, None)
+
+
+def test_worker_processes_get_a_lane_each_and_a_share_of_the_cores() -> None:
+    processes = ("--direct_running_mode", "multi_processing")
+    assert plan("--direct_num_workers", "2", *processes) == LocalPlan(True, 2, 2, False, 4)
+    assert plan("--direct_num_workers", "3", *processes, cores=2) == LocalPlan(True, 3, 3, False, 1)
+    assert plan("--direct_num_workers", "0", *processes, cores=6) == LocalPlan(
+        True, 6, 6, False, 1
+    )  # Beam's 0: one worker per core
+    assert plan("--direct_num_workers", "2", *processes, threads=3).threads == 3  # the user's
+
+
+def test_threads_share_one_process_and_distributed_runners_keep_the_reshuffle() -> None:
+    threads = ("--direct_running_mode", "multi_threading", "--direct_num_workers", "2")
+    assert plan(*threads) == LocalPlan(True, 1, 2, False, None)
+    assert plan(runner="DataflowRunner") == LocalPlan(False, 1, 1, True, None)
+    assert plan(runner="DataflowRunner", threads=1).threads == 1
+
+
+def test_worker_environment_sets_thread_counts_for_the_block_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in (*THREAD_VARIABLES, "TOKENIZERS_PARALLELISM"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MKL_NUM_THREADS", "7")  # the user's choice is kept
+    with worker_environment(LocalPlan(True, 2, 2, False, 1)):
+        assert os.environ["OMP_NUM_THREADS"] == "1"
+        assert os.environ["OPENBLAS_NUM_THREADS"] == "1"
+        assert os.environ["MKL_NUM_THREADS"] == "7"
+        assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
+    assert "OMP_NUM_THREADS" not in os.environ and "TOKENIZERS_PARALLELISM" not in os.environ
+    assert os.environ["MKL_NUM_THREADS"] == "7"
+    with worker_environment(LocalPlan(True, 1, 1, False, None)):  # one process: nothing to split
+        assert "OMP_NUM_THREADS" not in os.environ
