@@ -28,7 +28,12 @@ from apache_beam.runners.runner import PipelineResult, PipelineState
 
 from alp_dataset.schema import MANIFEST_NAME
 from pipelines.io import join, read_bytes
-from pipelines.options import print_beam_help, unknown_beam_args
+from pipelines.options import (
+    RunnerUnavailable,
+    print_beam_help,
+    register_runner_options,
+    unknown_beam_args,
+)
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -42,8 +47,16 @@ class UsageError(ValueError):
 def parse_args(
     parser: argparse.ArgumentParser, argv: Sequence[str] | None, prog: str
 ) -> tuple[argparse.Namespace, PipelineOptions]:
-    """The job's arguments and Beam's pipeline options; exits after ``--help-beam``."""
+    """The job's arguments and Beam's pipeline options; exits after ``--help-beam``.
+
+    The options of the chosen runner count as Beam's: its module is imported first, since some
+    runners (DaskRunner) register their options only then.
+    """
     args, beam_args = parser.parse_known_args(argv)
+    try:
+        register_runner_options(args.runner)
+    except RunnerUnavailable as exc:
+        raise UsageError(str(exc)) from exc
     if args.help_beam:
         print_beam_help(prog)  # exits
     unknown = unknown_beam_args(beam_args)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 from importlib import metadata
 
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 # Beam's local Python runner. DirectRunner would first try to download the Prism runner, which
 # fails without network; DataflowRunner, FlinkRunner, ... are chosen with --runner at scale.
@@ -63,6 +64,38 @@ def print_beam_help(prog: str) -> None:
         raise SystemExit(0)
 
     PipelineOptions([]).get_all_options(add_extra_args_fn=show)
+
+
+class RunnerUnavailable(ValueError):
+    """The --runner names a runner class whose module cannot be imported here."""
+
+
+def runner_path(runner: str) -> str | None:
+    """The dotted path of the runner class ``runner`` names, as Beam resolves it: a known
+    runner's name (any case, "Runner" optional) or a dotted path; None for a name Beam does
+    not know (Beam itself then refuses it)."""
+    known = {path.rsplit(".", 1)[-1].lower(): path for path in StandardOptions.ALL_KNOWN_RUNNERS}
+    name = runner.lower()
+    path = known.get(name, known.get(name + "runner", runner))
+    return path if "." in path else None
+
+
+def register_runner_options(runner: str) -> None:
+    """Import the module of the runner class ``runner`` names, so that the pipeline options it
+    defines (e.g. DaskRunner's ``--dask_*``, which exist only once its module is imported) are
+    known to Beam's option parser. Raises RunnerUnavailable when the module cannot be imported."""
+    path = runner_path(runner)
+    if path is None:
+        return
+    module = path.rsplit(".", 1)[0]
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        raise RunnerUnavailable(
+            f"--runner {runner}: its module {module} cannot be imported ({exc}); install what "
+            "that runner needs (for apache_beam.runners.dask.dask_runner.DaskRunner: the "
+            "project's dask extra, pip install -e '.[dask]')"
+        ) from exc
 
 
 def unknown_beam_args(beam_args: list[str]) -> list[str]:
