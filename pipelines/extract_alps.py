@@ -45,7 +45,14 @@ from pipelines.io import (
     prepare_output,
     read_head,
 )
-from pipelines.local_workers import LocalPlan, local_plan, worker_environment
+from pipelines.local_workers import (
+    AUTO_PROCESSES_MIN_BYTES,
+    LocalPlan,
+    choose_local_workers,
+    direct_flags_given,
+    local_plan,
+    worker_environment,
+)
 from pipelines.options import (
     add_dead_letter_limit_flag,
     add_help_beam_flag,
@@ -77,11 +84,19 @@ table, a Parquet phrase table with text embeddings, WebDataset shards with one s
 dead letters for bad lines, and a manifest whose counts account for every input line.
 """
 
-EPILOG = """\
-Beam options: every standard Apache Beam pipeline option is accepted as well, for example
+EPILOG = f"""\
+Local workers: with --runner FnApiRunner (the default) and neither --direct_num_workers nor
+--direct_running_mode given, the run picks the faster setting for this machine: one worker
+process per core (multi_processing) when the machine has at least 2 cores and the input holds at
+least {AUTO_PROCESSES_MIN_BYTES // 2**20} MiB, else one worker in this process (a worker process
+takes a few seconds to start, which a small input does not pay back). Each worker process gets
+cores / workers threads. The output bytes do not depend on the setting.
+
+Beam options: every Apache Beam pipeline option is accepted as well, including those of the
+runner in use (e.g. --dask_* with DaskRunner), for example
   --direct_num_workers N --direct_running_mode multi_processing
                         run locally in N worker processes (in_memory, multi_threading,
-                        multi_processing); the output bytes do not depend on it
+                        multi_processing); --direct_num_workers 1 keeps one in-process worker
   --project, --region, --temp_location, --setup_file, --sdk_container_image, ...
                         for --runner DataflowRunner (see docs)
   --help-beam lists them all. Options that neither this pipeline nor Beam knows are an error.
@@ -336,12 +351,14 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> i
         return launcher.usage_error(exc)
     if args.input is None or args.output is None:
         parser.error("--input and --output are required")
-    plan = local_plan(args.runner, options, threads=args.encoder_threads)
-    encoder_config = EncoderConfig(args.text_encoder, args.encoder_device, plan.threads)
     try:
         # Everything that can fail before any work is checked here, in the launcher: input
         # patterns, the spaCy model, the encoder's weights. The output is cleared last.
         inputs = match_inputs(args.input)
+        if not direct_flags_given(sys.argv[1:] if argv is None else argv):
+            choose_local_workers(args.runner, options, sum(size for _, size in inputs))
+        plan = local_plan(args.runner, options, threads=args.encoder_threads)
+        encoder_config = EncoderConfig(args.text_encoder, args.encoder_device, plan.threads)
         # The same per-process instances the DoFns take, so a local in-process run loads once.
         tagger = shared_tagger(args.spacy_model, args.batch_size).model
         encoder = shared_encoder(encoder_config).model

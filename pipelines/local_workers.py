@@ -14,27 +14,41 @@ Three things decide whether more workers pay off, and are settled here:
   no tokenizer thread pool, so N processes never run N x cores threads on the cores.
 - **Start-up.** Each worker process pays its own imports and model loading (spaCy's plugin
   discovery is off for the shipped models: `alp_curation.tagging`).
+
+When the command line names neither ``--direct_num_workers`` nor ``--direct_running_mode``,
+`choose_local_workers` picks for the machine: one worker process per core when there are at
+least two cores and the input is large enough to pay back the processes' start-up
+(``AUTO_PROCESSES_MIN_BYTES``), else Beam's in-process worker.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
 __all__ = [
+    "AUTO_PROCESSES_MIN_BYTES",
+    "DIRECT_FLAGS",
     "LOCAL_RUNNERS",
     "THREAD_VARIABLES",
     "LocalPlan",
+    "choose_local_workers",
+    "direct_flags_given",
     "local_plan",
     "worker_environment",
 ]
 
 # Runners that execute on this machine, where worker processes share its cores.
 LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "PrismRunner")
+# Beam's flags for the local runner's workers; naming either turns the automatic choice off.
+DIRECT_FLAGS = ("--direct_num_workers", "--direct_running_mode")
+# Inputs below this many bytes run in the launcher's process: worker processes cost a few
+# seconds each to start (docs/benchmarks.md), more than they save on a small input.
+AUTO_PROCESSES_MIN_BYTES = 16 * 2**20
 # Thread-pool sizes a worker process reads from its environment when its libraries start.
 THREAD_VARIABLES = (
     "OMP_NUM_THREADS",  # torch's OpenMP pool, and Arrow's CPU pool
@@ -83,6 +97,26 @@ def local_plan(
     if mode == "multi_threading":
         return LocalPlan(True, 1, workers, False, threads)
     return LocalPlan(True, 1, 1, False, threads)  # in_memory: one worker whatever the count
+
+
+def direct_flags_given(argv: Sequence[str]) -> bool:
+    """Whether a command line names --direct_num_workers or --direct_running_mode."""
+    return any(arg.split("=", 1)[0] in DIRECT_FLAGS for arg in argv)
+
+
+def choose_local_workers(
+    runner: str, options: PipelineOptions, input_bytes: int, *, cores: int | None = None
+) -> int:
+    """Set ``options``' direct-runner workers for this machine (module docstring) and return
+    the number of worker processes chosen (1: in the launcher's process). Only for a local
+    runner whose workers the command line left unset."""
+    cores = cores or os.cpu_count() or 1
+    if runner not in LOCAL_RUNNERS or cores < 2 or input_bytes < AUTO_PROCESSES_MIN_BYTES:
+        return 1
+    direct = options.view_as(DirectOptions)
+    direct.direct_num_workers = cores
+    direct.direct_running_mode = "multi_processing"
+    return cores
 
 
 @contextlib.contextmanager

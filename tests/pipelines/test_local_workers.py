@@ -8,7 +8,15 @@ import os
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.local_workers import THREAD_VARIABLES, LocalPlan, local_plan, worker_environment
+from pipelines.local_workers import (
+    AUTO_PROCESSES_MIN_BYTES,
+    THREAD_VARIABLES,
+    LocalPlan,
+    choose_local_workers,
+    direct_flags_given,
+    local_plan,
+    worker_environment,
+)
 
 
 def plan(*flags: str, runner: str = "FnApiRunner", cores: int = 8, **kw: int) -> LocalPlan:
@@ -53,3 +61,24 @@ def test_worker_environment_sets_thread_counts_for_the_block_only(
     assert os.environ["MKL_NUM_THREADS"] == "7"
     with worker_environment(LocalPlan(True, 1, 1, False, None)):  # one process: nothing to split
         assert "OMP_NUM_THREADS" not in os.environ
+
+
+def test_the_automatic_choice_takes_every_core_only_for_a_large_input() -> None:
+    large = AUTO_PROCESSES_MIN_BYTES
+    options = PipelineOptions([])
+    assert choose_local_workers("FnApiRunner", options, large, cores=2) == 2
+    assert local_plan("FnApiRunner", options, cores=2) == LocalPlan(True, 2, 2, False, 1)
+    for runner, size, cores in (
+        ("FnApiRunner", large - 1, 8),  # small input: start-up would not pay back
+        ("FnApiRunner", large, 1),  # one core: nothing to gain
+        ("DataflowRunner", large, 8),  # not a local runner
+    ):
+        untouched = PipelineOptions([])
+        assert choose_local_workers(runner, untouched, size, cores=cores) == 1
+        assert local_plan(runner, untouched, cores=cores).processes == 1
+
+
+def test_naming_a_direct_flag_turns_the_automatic_choice_off() -> None:
+    assert direct_flags_given(["--input", "x", "--direct_num_workers", "1"])
+    assert direct_flags_given(["--direct_running_mode=multi_threading"])
+    assert not direct_flags_given(["--input", "x", "--runner", "FnApiRunner"])
