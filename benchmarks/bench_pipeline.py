@@ -117,6 +117,11 @@ def main() -> None:
     parser.add_argument(
         "--work-dir", type=Path, help="keep inputs and outputs here (default: temp)"
     )
+    parser.add_argument(
+        "--skip-warm-up",
+        action="store_true",
+        help="the cache under --work-dir is already warm (an earlier run of this script)",
+    )
     args = parser.parse_args()
     sizes = sorted(int(n) for n in args.sizes.split(","))
     worker_counts = [int(n) for n in args.workers.split(",")]
@@ -137,7 +142,8 @@ def main() -> None:
         return ["--input", str(inputs[n]), "--text-encoder", args.text_encoder, "--overwrite",
                 "--embedding-cache", str(cache), "--output", str(out), *extra]  # fmt: skip
 
-    run_code(None, argv(sizes[-1], 1, work / "out-warm-up"))  # fills the cache
+    if not args.skip_warm_up:
+        run_code(None, argv(sizes[-1], 1, work / "out-warm-up"))  # fills the cache
     versions = [("before", args.before), ("after", None)] if args.before else [("", None)]
     rows = []
     for n in sizes:
