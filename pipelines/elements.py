@@ -9,6 +9,8 @@ the shared writers (`pipelines.writers`) ask of them.
 from __future__ import annotations
 
 import base64
+import io
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -170,3 +172,33 @@ class Sample:
 
     def members(self) -> dict[str, bytes]:
         return {SAMPLE_JSON: self.alps_json, SAMPLE_EMBEDDINGS: self.embeddings_npy}
+
+
+def embeddings_npy(rows: Sequence[np.ndarray]) -> bytes:
+    """A sample's embeddings.npy: the rows stacked, little-endian float32 (N, D)."""
+    stacked = np.stack(list(rows)).astype("<f4", copy=False)  # (N, D)
+    buffer = io.BytesIO()
+    np.save(buffer, stacked, allow_pickle=False)
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class SampleWithoutEmbeddings:
+    """A `Sample` whose embeddings.npy is made where the sample is written, from the phrase
+    embeddings: until then it holds each ALP's phrase (a few bytes) instead of its float row
+    (4 * D bytes), so a local runner that keeps every sample in memory before the shard writer
+    keeps far less (`pipelines.samples.BuildSamples`)."""
+
+    key: str
+    alps_json: bytes
+    phrases: tuple[str, ...]  # the phrase of each ALP, in the order of alps.json
+    image: tuple[str, str] | None = None
+
+    def complete(self, embeddings: Mapping[str, np.ndarray]) -> Sample:
+        missing = [p for p in self.phrases if p not in embeddings]
+        if missing:
+            raise RuntimeError(
+                f"sample {self.key}: no embedding for the phrases {sorted(set(missing))}"
+            )
+        npy = embeddings_npy([embeddings[p] for p in self.phrases])
+        return Sample(self.key, self.alps_json, npy, self.image)

@@ -61,7 +61,7 @@ from pipelines.options import (
     non_negative_float,
     positive_int,
 )
-from pipelines.samples import NARRATIVES, BuildSamples
+from pipelines.samples import NARRATIVES, BuildSamples, phrase_embeddings
 from pipelines.transforms import (
     DEAD_LETTERS,
     CurateRecords,
@@ -293,8 +293,9 @@ def build_pipeline(
     phrases = curated.alps | "EmbedPhrases" >> EmbedPhrases(
         encoder_config, args.embedding_cache, args.embedding_buckets, args.embed_batch_size
     )
+    # Local runners hold what crosses a shuffle in memory: samples carry phrases, not rows.
     samples = (curated.alps, phrases.phrases, curated[NARRATIVES]) | "BuildSamples" >> (
-        BuildSamples(encoder["dim"], args.images)
+        BuildSamples(encoder["dim"], args.images, embed_at_write=plan.local)
     )
     dead = (read[DEAD_LETTERS], parsed[DEAD_LETTERS], curated[DEAD_LETTERS]) | (
         "AllDeadLetters" >> beam.Flatten()
@@ -313,6 +314,7 @@ def build_pipeline(
             out,
             args.shard_size,
             image_stats=(m.IMAGES_FOUND, m.IMAGES_MISSING) if args.images else None,
+            embeddings=phrase_embeddings(phrases.phrases) if plan.local else None,
         ),
         dead | "WriteDeadLetters" >> writers.write_dead_letters(out, dead_per_file),
     ]

@@ -1,17 +1,21 @@
 """Shard samples: each image's ALPs joined with their phrase embeddings, as WebDataset members.
 
-The join goes through CoGroupByKey on the phrase, not a side input, so it scales with the number of
-phrases: an embedding travels once per ALP that uses it. Members are serialised here (JSON with
-sorted keys, ``np.save``), so a sample's bytes depend on its content alone.
+On distributed runners the join goes through CoGroupByKey on the phrase, not a side input, so it
+scales with the number of phrases: an embedding travels once per ALP that uses it. A local runner
+keeps every PCollection that crosses a shuffle in memory, and a float row per ALP there (1.5 KB
+for a 384-d embedding) would grow with the input; with ``embed_at_write`` the samples carry each
+ALP's phrase instead (`SampleWithoutEmbeddings`) and the shard writer makes embeddings.npy from
+the phrase table, a side input as large as the vocabulary. Members are serialised the same way
+either way (JSON with sorted keys, `pipelines.elements.embeddings_npy`), so a sample's bytes
+depend on its content alone.
 
 Naming convention in shapes: N = ALPs of one image, D = embedding width.
 """
 
 from __future__ import annotations
 
-import io
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -19,7 +23,14 @@ import numpy as np
 from apache_beam import pvalue
 
 from alp_dataset.schema import SCHEMA_VERSION, sample_key
-from pipelines.elements import AlpRow, Narrative, PhraseRow, Sample
+from pipelines.elements import (
+    AlpRow,
+    Narrative,
+    PhraseRow,
+    Sample,
+    SampleWithoutEmbeddings,
+    embeddings_npy,
+)
 from pipelines.io import find_image
 
 NARRATIVES = "narratives"
@@ -66,6 +77,32 @@ def alp_json(row: AlpRow) -> dict[str, Any]:
     }
 
 
+def _document(
+    key: str,
+    rows: Sequence[AlpRow],
+    narratives: Iterable[Narrative],
+    dim: int,
+    images_root: str | None,
+) -> tuple[bytes, tuple[str, str] | None]:
+    """alps.json of an image's ALPs (``rows``, sorted), and its image file under the root."""
+    first = rows[0]
+    told = sorted(narratives, key=lambda n: (n.annotator_id, n.source_file, n.source_line))
+    document = {
+        "schema_version": SCHEMA_VERSION,
+        "image_key": key,
+        "dataset_id": first.dataset_id,
+        "image_id": first.image_id,
+        "embedding_dim": dim,
+        "narratives": [vars(n) for n in told],
+        "alps": [alp_json(row) for row in rows],
+    }
+    text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    image = None
+    if images_root is not None:
+        image = find_image(images_root, first.dataset_id, first.image_id)
+    return text.encode("utf-8"), image
+
+
 def build_sample(
     key: str,
     alps: Iterable[tuple[AlpRow, np.ndarray]],
@@ -78,60 +115,82 @@ def build_sample(
     pairs = sorted(alps, key=lambda pair: pair[0].sort_key())
     if not pairs:
         return None
-    first = pairs[0][0]
-    told = sorted(narratives, key=lambda n: (n.annotator_id, n.source_file, n.source_line))
-    document = {
-        "schema_version": SCHEMA_VERSION,
-        "image_key": key,
-        "dataset_id": first.dataset_id,
-        "image_id": first.image_id,
-        "embedding_dim": dim,
-        "narratives": [vars(n) for n in told],
-        "alps": [alp_json(row) for row, _ in pairs],
-    }
-    embeddings = np.stack([e for _, e in pairs]).astype("<f4", copy=False)  # (N, D)
-    buffer = io.BytesIO()
-    np.save(buffer, embeddings, allow_pickle=False)
-    text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    image = None
-    if images_root is not None:
-        image = find_image(images_root, first.dataset_id, first.image_id)
-    return Sample(sample_key(key), text.encode("utf-8"), buffer.getvalue(), image)
+    text, image = _document(key, [row for row, _ in pairs], narratives, dim, images_root)
+    return Sample(sample_key(key), text, embeddings_npy([e for _, e in pairs]), image)
+
+
+def build_sample_without_embeddings(
+    key: str,
+    alps: Iterable[AlpRow],
+    narratives: Iterable[Narrative],
+    dim: int,
+    images_root: str | None = None,
+) -> SampleWithoutEmbeddings | None:
+    """`build_sample` with each ALP's phrase in place of its embedding row."""
+    rows = sorted(alps, key=AlpRow.sort_key)
+    if not rows:
+        return None
+    text, image = _document(key, rows, narratives, dim, images_root)
+    return SampleWithoutEmbeddings(sample_key(key), text, tuple(row.phrase for row in rows), image)
 
 
 class BuildSampleFn(beam.DoFn):
-    def __init__(self, dim: int, images_root: str | None) -> None:
+    def __init__(self, dim: int, images_root: str | None, embed_at_write: bool = False) -> None:
         self.dim = dim
         self.images_root = images_root
+        self.embed_at_write = embed_at_write
 
-    def process(self, element: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[Sample]:
+    def process(
+        self, element: tuple[str, dict[str, Iterable[Any]]]
+    ) -> Iterator[Sample | SampleWithoutEmbeddings]:
         key, joined = element
-        sample = build_sample(key, joined["alps"], joined[NARRATIVES], self.dim, self.images_root)
+        build = build_sample_without_embeddings if self.embed_at_write else build_sample
+        sample = build(key, joined["alps"], joined[NARRATIVES], self.dim, self.images_root)
         if sample is not None:
             yield sample
 
 
+def phrase_embeddings(phrases: pvalue.PCollection) -> pvalue.AsDict:
+    """The phrase table as a side input phrase -> embedding, for `SampleWithoutEmbeddings`."""
+    return pvalue.AsDict(phrases | "EmbeddingOfPhrase" >> beam.Map(_phrase_embedding))
+
+
+def _by_image(row: AlpRow) -> tuple[str, AlpRow]:
+    return row.image_key, row
+
+
 class BuildSamples(beam.PTransform):
     """(AlpRow, PhraseRow, (image key, Narrative)) -> Sample, one per image with an ALP; its
-    image file is looked up under ``images_root`` (the shard writer reads it)."""
+    image file is looked up under ``images_root`` (the shard writer reads it).
 
-    def __init__(self, dim: int, images_root: str | None = None) -> None:
+    With ``embed_at_write`` (local runners) -> SampleWithoutEmbeddings instead, and the phrases
+    are not read here: give the shard writer `phrase_embeddings` of them.
+    """
+
+    def __init__(
+        self, dim: int, images_root: str | None = None, *, embed_at_write: bool = False
+    ) -> None:
         super().__init__()
         self.dim = dim
         self.images_root = images_root
+        self.embed_at_write = embed_at_write
 
     def expand(self, inputs: tuple[pvalue.PCollection, ...]) -> pvalue.PCollection:
         alps, phrases, narratives = inputs
-        with_embeddings = (
-            {
-                "alps": alps | "ByPhrase" >> beam.Map(_by_phrase),
-                "embedding": phrases | "EmbeddingByPhrase" >> beam.Map(_phrase_embedding),
-            }
-            | "JoinEmbeddings" >> beam.CoGroupByKey()
-            | "AttachEmbedding" >> beam.FlatMap(_attach_embedding)
-        )
+        build = BuildSampleFn(self.dim, self.images_root, self.embed_at_write)
+        if self.embed_at_write:
+            by_image = alps | "AlpsByImage" >> beam.Map(_by_image)
+        else:
+            by_image = (
+                {
+                    "alps": alps | "ByPhrase" >> beam.Map(_by_phrase),
+                    "embedding": phrases | "EmbeddingByPhrase" >> beam.Map(_phrase_embedding),
+                }
+                | "JoinEmbeddings" >> beam.CoGroupByKey()
+                | "AttachEmbedding" >> beam.FlatMap(_attach_embedding)
+            )
         return (
-            {"alps": with_embeddings, NARRATIVES: narratives}
+            {"alps": by_image, NARRATIVES: narratives}
             | "GroupByImage" >> beam.CoGroupByKey()
-            | "BuildSample" >> beam.ParDo(BuildSampleFn(self.dim, self.images_root))
+            | "BuildSample" >> beam.ParDo(build)
         )

@@ -233,6 +233,8 @@ class WriteShardFn(beam.DoFn):
     ``image_stats`` (found, missing), images are optional: one that cannot be read (gone, a
     folder, a FIFO, no permission) leaves its sample without an image and is counted missing.
     Without, every sample's image was checked upstream and a failed read fails the bundle.
+    With the ``embeddings`` side input (phrase -> row), samples are `SampleWithoutEmbeddings`
+    and get their embeddings.npy here.
     """
 
     def __init__(
@@ -254,9 +256,15 @@ class WriteShardFn(beam.DoFn):
             return {}
         return {extension: data}
 
-    def process(self, element: tuple[PartKey, Iterable[Any]]) -> Iterator[Any]:
+    def process(
+        self,
+        element: tuple[PartKey, Iterable[Any]],
+        embeddings: Mapping[str, np.ndarray] | None = None,
+    ) -> Iterator[Any]:
         (index, _), samples = element
         rows = _rows(samples, _sample_order)
+        if embeddings is not None:
+            rows = [s.complete(embeddings) for s in rows]
         found = 0
 
         def write(f: Any) -> None:
@@ -279,18 +287,28 @@ class WriteShardFn(beam.DoFn):
 
 
 class WriteParts(beam.PTransform):
-    """rows -> files written by ``write_fn`` -> {"files": (kind, path, rows), "stats"}."""
+    """rows -> files written by ``write_fn`` -> {"files": (kind, path, rows), "stats"}.
 
-    def __init__(self, rows_per_part: int, part_of: Callable[[Any], int], write_fn: beam.DoFn):
+    ``side_inputs`` are passed to ``write_fn.process`` after each part."""
+
+    def __init__(
+        self,
+        rows_per_part: int,
+        part_of: Callable[[Any], int],
+        write_fn: beam.DoFn,
+        side_inputs: Sequence[Any] = (),
+    ):
         super().__init__()
         self.group = GroupIntoParts(rows_per_part, part_of)
         self.write_fn = write_fn
+        self.side_inputs = tuple(side_inputs)
 
     def expand(self, rows: pvalue.PCollection) -> pvalue.DoOutputsTuple:
+        write = beam.ParDo(self.write_fn, *self.side_inputs)
         return (
             rows
             | "GroupIntoFiles" >> self.group
-            | "WriteFiles" >> beam.ParDo(self.write_fn).with_outputs(m.STATS, main="files")
+            | "WriteFiles" >> write.with_outputs(m.STATS, main="files")
         )
 
 
@@ -330,10 +348,12 @@ def write_shards(
     *,
     samples_stat: str = m.SAMPLES,
     image_stats: tuple[str, str] | None = None,
+    embeddings: pvalue.AsDict | None = None,
 ) -> WriteParts:
-    """Samples -> shards/shard-NNNNNN.tar (`WriteShardFn`), about ``shard_size`` samples each."""
+    """Samples -> shards/shard-NNNNNN.tar (`WriteShardFn`), about ``shard_size`` samples each;
+    with ``embeddings`` (`pipelines.samples.phrase_embeddings`) for SampleWithoutEmbeddings."""
     fn = WriteShardFn(out_dir, samples_stat, image_stats)
-    return WriteParts(shard_size, sample_part, fn)
+    return WriteParts(shard_size, sample_part, fn, () if embeddings is None else (embeddings,))
 
 
 def build_alp_manifest(
