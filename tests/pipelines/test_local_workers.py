@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 
+import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipelines.extract_alps import build_parser, build_pipeline
 from pipelines.local_workers import (
     AUTO_PROCESSES_MIN_BYTES,
     THREAD_VARIABLES,
@@ -17,6 +19,7 @@ from pipelines.local_workers import (
     local_plan,
     worker_environment,
 )
+from pipelines.transforms import EncoderConfig
 
 
 def plan(*flags: str, runner: str = "FnApiRunner", cores: int = 8, **kw: int) -> LocalPlan:
@@ -82,3 +85,21 @@ def test_naming_a_direct_flag_turns_the_automatic_choice_off() -> None:
     assert direct_flags_given(["--input", "x", "--direct_num_workers", "1"])
     assert direct_flags_given(["--direct_running_mode=multi_threading"])
     assert not direct_flags_given(["--input", "x", "--runner", "FnApiRunner"])
+
+
+def _step_names(plan: LocalPlan) -> set[str]:
+    """The labels of every step of the curation pipeline built for ``plan`` (not run)."""
+    args = build_parser().parse_args(["--input", "in.jsonl", "--output", "out"])
+    about = {"encoder": {"id": "test:encoder", "dim": 4}, "options": {}}
+    p = beam.Pipeline(options=PipelineOptions([]))
+    build_pipeline(p, args, ["in.jsonl"], about, EncoderConfig("minilm"), plan)
+    proto = p.to_runner_api()
+    return {t.unique_name for t in proto.components.transforms.values()}
+
+
+def test_distributed_runners_keep_the_reshuffle_and_the_join_local_ones_do_not() -> None:
+    distributed = _step_names(local_plan("DataflowRunner", PipelineOptions([])))
+    local = _step_names(local_plan("FnApiRunner", PipelineOptions([]), cores=2))
+    assert "ReadLocNar/SpreadLines" in distributed and "ReadLocNar/SpreadLines" not in local
+    assert "BuildSamples/JoinEmbeddings" in distributed
+    assert "BuildSamples/JoinEmbeddings" not in local and "EmbeddingOfPhrase" in local
