@@ -103,7 +103,9 @@ class ReadLinesFn(beam.DoFn):
     (`StreamDamaged`), or a file that cannot be read at all: a folder, a FIFO, no permission.
     Each is one dead letter, never a failed run: the runner's retries would fail the same way.
     A lane reads the whole file and keeps its own lines (blank ones counted by the lane they
-    fall in); the damage is reported by lane 0 only, so the lanes of a file add up to the file.
+    fall in); damage is reported by lane 0 only, so the lanes of a file add up to the file. A
+    read error that is not damage to the stream nor a failure to open (an I/O error in the
+    middle of a file) raises in lanes other than 0, since it may not repeat in lane 0.
     """
 
     def __init__(self, max_line_bytes: int) -> None:
@@ -127,6 +129,11 @@ class ReadLinesFn(beam.DoFn):
             if lane == 0:
                 yield from self._read_error(path, number + 1, exc)
                 lines += 1
+            elif not (isinstance(exc, StreamDamaged) or number == 0):
+                # Damage to the stream, and a file that cannot be opened, stop every lane at the
+                # same line, and lane 0 reports it. Any other read error may have hit this lane
+                # alone: the run fails rather than lose the lane's remaining lines unreported.
+                raise
         yield m.stat(m.INPUT_LINES, lines)
         yield m.stat(m.BLANK_LINES, blank)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import json
 import os
 from collections import Counter
@@ -28,6 +29,7 @@ from hypothesis import strategies as st
 
 from alp_curation.streams import BOM
 from pipelines import manifest as m
+from pipelines import transforms
 from pipelines.elements import DeadLetter, SourcedRecord
 from pipelines.io import RawLine
 from pipelines.transforms import (
@@ -259,3 +261,22 @@ def test_read_locnar_in_lanes_without_a_reshuffle_gives_the_same_lines(tmp_path:
     p.run().wait_until_finish()
     with pytest.raises(ValueError, match="lanes = 0"):
         ReadLocNar([], MAX_LINE, lanes=0)
+
+
+def test_a_read_error_that_may_hit_one_lane_only_fails_that_lane(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "flaky.jsonl"
+    path.write_bytes(DATA)
+
+    class FailingAfter(io.BytesIO):
+        def read(self, size: int | None = -1) -> bytes:
+            if self.tell() > len(DATA) // 2:
+                raise OSError(5, "Input/output error")
+            return super().read(min(size or 64, 64))
+
+    monkeypatch.setattr(transforms, "open_input", lambda _: FailingAfter(DATA))
+    _, dead, _ = split_outputs(ReadLinesFn(MAX_LINE).process(ReadLane(str(path), 0, 2)))
+    assert [d.reason for d in dead] == ["read_error"] and "Input/output error" in dead[0].message
+    with pytest.raises(OSError, match="Input/output error"):
+        split_outputs(ReadLinesFn(MAX_LINE).process(ReadLane(str(path), 1, 2)))
