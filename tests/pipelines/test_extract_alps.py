@@ -51,21 +51,9 @@ from pipelines.io import (
     prepare_output,
     write_bytes_atomic,
 )
-from pipelines.samples import (
-    NARRATIVES,
-    BuildSamples,
-    build_sample,
-    build_sample_without_embeddings,
-    phrase_embeddings,
-)
+from pipelines.samples import NARRATIVES, BuildSamples
 from pipelines.transforms import DEAD_LETTERS, CurateRecords, ParseRecords
-from pipelines.writers import (
-    GroupIntoParts,
-    alp_table,
-    phrase_table,
-    stable_hash,
-    write_shards,
-)
+from pipelines.writers import GroupIntoParts, alp_table, phrase_table, stable_hash
 
 MINILM_DIM = 384
 REPO = Path(__file__).resolve().parents[2]
@@ -275,44 +263,6 @@ def test_build_samples_joins_each_alp_with_its_phrase_embedding() -> None:
                     assert alp["box_xyxy_norm"] == [0.1, 0.2, 0.3, 0.9]  # float32, shortest
 
         assert_that(samples, check)
-
-
-def test_a_sample_without_embeddings_completes_to_the_same_bytes() -> None:
-    rows = [alp_row("i.1", 1, "dog"), alp_row("i.1", 0, "red car")]
-    embeddings = {"dog": np.arange(4, dtype=np.float32), "red car": np.ones(4, np.float32)}
-    told = [Narrative(7, "A red car and a dog.", "in.jsonl", 3)]
-    joined = build_sample("ds/i.1", [(r, embeddings[r.phrase]) for r in rows], told, 4)
-    deferred = build_sample_without_embeddings("ds/i.1", rows, told, 4)
-    assert deferred is not None and deferred.phrases == ("red car", "dog")  # alps.json order
-    assert deferred.complete(embeddings) == joined
-    with pytest.raises(RuntimeError, match=r"sample ds%2Fi%2E1: no embedding for .*'dog'"):
-        deferred.complete({"red car": np.ones(4, np.float32)})
-    assert build_sample_without_embeddings("ds/x", [], told, 4) is None
-
-
-def test_shards_are_the_same_bytes_with_embeddings_joined_or_made_at_write(
-    tmp_path: Path,
-) -> None:
-    alps = [alp_row(f"i{k % 5}", k // 5, p) for k, p in enumerate(["dog", "red car"] * 6)]
-    embeddings = {
-        p: np.full(4, i + 0.5, dtype=np.float32) for i, p in enumerate(["dog", "red car"])
-    }
-    phrases = [PhraseRow(phrase_id(p), p, 1, e) for p, e in embeddings.items()]
-    narratives = [(f"ds/i{k}", Narrative(7, f"caption {k}", "in.jsonl", k + 1)) for k in range(6)]
-    for mode, at_write in (("joined", False), ("at-write", True)):
-        with beam_pipeline() as p:
-            alp_rows = p | "Alps" >> beam.Create(alps)
-            phrase_rows = p | "Phrases" >> beam.Create(phrases)
-            samples = (
-                alp_rows,
-                phrase_rows,
-                p | "Narratives" >> beam.Create(narratives),
-            ) | BuildSamples(dim=4, embed_at_write=at_write)
-            side = phrase_embeddings(phrase_rows) if at_write else None
-            _ = samples | write_shards(str(tmp_path / mode), 2, embeddings=side)
-    joined = tree_bytes(tmp_path / "joined")
-    assert joined == tree_bytes(tmp_path / "at-write")
-    assert len(joined) == 3  # 5 images with an ALP, 2 per shard
 
 
 # ---------------------------------------------------------------------------------------------
