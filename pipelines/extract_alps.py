@@ -47,6 +47,7 @@ from pipelines.io import (
 )
 from pipelines.local_workers import (
     AUTO_PROCESSES_MIN_BYTES,
+    AUTO_PROCESSES_MIN_CORES,
     LocalPlan,
     choose_local_workers,
     direct_flags_given,
@@ -87,9 +88,10 @@ dead letters for bad lines, and a manifest whose counts account for every input 
 EPILOG = f"""\
 Local workers: on a local runner (FnApiRunner, the default) with neither --direct_num_workers
 nor --direct_running_mode given, the run picks the faster setting for this machine: one worker
-process per core (multi_processing) when the machine has at least 2 cores and the input holds
-at least {AUTO_PROCESSES_MIN_BYTES // 2**20} MiB, else one worker in this process (a worker
-process takes a few seconds to start, which a small input does not pay back). Each worker
+process per core (multi_processing) when the machine has at least {AUTO_PROCESSES_MIN_CORES}
+cores and the input holds at least {AUTO_PROCESSES_MIN_BYTES // 2**20} MiB, else one worker in
+this process: on 2 cores two worker processes measured slower than one (docs/benchmarks.md), and
+a worker process takes seconds to start, which a small input does not pay back. Each worker
 process gets cores / workers threads. The output bytes do not depend on the setting.
 
 Beam options: every Apache Beam pipeline option is accepted as well, including those of the

@@ -69,11 +69,11 @@ def test_worker_environment_sets_thread_counts_for_the_block_only(
 def test_the_automatic_choice_takes_every_core_only_for_a_large_input() -> None:
     large = AUTO_PROCESSES_MIN_BYTES
     options = PipelineOptions([])
-    assert choose_local_workers("FnApiRunner", options, large, cores=2) == 2
-    assert local_plan("FnApiRunner", options, cores=2) == LocalPlan(True, 2, 2, False, 1)
+    assert choose_local_workers("FnApiRunner", options, large, cores=4) == 4
+    assert local_plan("FnApiRunner", options, cores=4) == LocalPlan(True, 4, 4, False, 1)
     for runner, size, cores in (
         ("FnApiRunner", large - 1, 8),  # small input: start-up would not pay back
-        ("FnApiRunner", large, 1),  # one core: nothing to gain
+        ("FnApiRunner", large, 2),  # two cores: two processes measured slower than one
         ("DataflowRunner", large, 8),  # not a local runner
     ):
         untouched = PipelineOptions([])
