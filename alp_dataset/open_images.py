@@ -24,7 +24,7 @@ import csv
 import io
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -210,20 +210,6 @@ class Hierarchy:
     def from_json(cls, doc: Mapping[str, Any]) -> Hierarchy:
         """The inverse of `to_json`."""
         return cls({str(k): tuple(v) for k, v in doc["parents"].items()}, str(doc.get("root", "")))
-
-    def restricted(self, labels: Iterable[str]) -> Hierarchy:
-        """The hierarchy between ``labels`` only: a label's parents become its nearest ancestors
-        among them (so expanding inside the restriction gives what expanding in the whole does,
-        restricted)."""
-        keep = set(labels)
-        parents: dict[str, tuple[str, ...]] = {}
-        for label in keep:
-            up = set(self.ancestors(label)) & keep
-            # nearest: an ancestor in `keep` that no other kept ancestor lies below
-            parents[label] = tuple(
-                sorted(a for a in up if not any(a in self.ancestors(b) for b in up))
-            )
-        return Hierarchy(parents, self.root)
 
 
 def parse_hierarchy(doc: Any, source: str) -> Hierarchy:
