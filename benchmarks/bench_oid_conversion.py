@@ -62,7 +62,7 @@ def run_pipeline(world, out: Path) -> float:  # type: ignore[no-untyped-def]
     return wall
 
 
-def time_build_sample(world) -> tuple[float, int]:  # type: ignore[no-untyped-def]
+def time_build_sample(world, size: tuple[int, int]) -> tuple[float, int]:  # type: ignore[no-untyped-def]
     """Seconds of `build_sample` over every image (masks read from the zips), mask rows."""
     classes = read_class_descriptions(world.classes.read_text(), "classes")
     selection = select_oid_classes(classes, None)
@@ -81,7 +81,7 @@ def time_build_sample(world) -> tuple[float, int]:  # type: ignore[no-untyped-de
     start = time.perf_counter()
     for image_id, mask_rows in rows.items():
         build_sample(
-            ImageFile(image_id, f"{image_id}.png", 256, 256),
+            ImageFile(image_id, f"{image_id}.png", *size),
             mask_rows,
             [],
             [],
@@ -97,26 +97,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n-images", type=int, default=2000, help="images of the export")
     parser.add_argument("--seed", type=int, default=0, help="world seed")
+    parser.add_argument(
+        "--image-size", default="256x256", help="image WIDTHxHEIGHT (default: %(default)s)"
+    )
     parser.add_argument("--work-dir", type=Path, help="keep inputs and outputs here (temp)")
     args = parser.parse_args()
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="alp-bench-oid-"))
     start = time.perf_counter()
-    world = write_oid_world(work / "world", args.n_images, seed=args.seed)
+    size = tuple(int(v) for v in args.image_size.split("x"))
+    assert len(size) == 2, "--image-size: WIDTHxHEIGHT"
+    world = write_oid_world(work / "world", args.n_images, seed=args.seed, image_size=size)
     print(f"export: {args.n_images} images in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     wall = run_pipeline(world, work / "out")
     manifest = json.loads((work / "out" / "manifest.json").read_text())
     c = manifest["counts"]
     # A tenth of the images once more: the difference cancels the fixed costs (start-up, graph).
     small_n = max(1, args.n_images // 10)
-    small = write_oid_world(work / "world_small", small_n, seed=args.seed)
+    small = write_oid_world(work / "world_small", small_n, seed=args.seed, image_size=size)
     small_wall = run_pipeline(small, work / "out_small")
     small_rows = json.loads((work / "out_small" / "manifest.json").read_text())["counts"]
     marginal = (c["mask_rows"]["total"] - small_rows["mask_rows"]["total"]) / (wall - small_wall)
-    alone, n_masks = time_build_sample(world)
+    alone, n_masks = time_build_sample(world, size)
     shard_bytes = sum(p.stat().st_size for p in (work / "out" / "shards").glob("*.tar"))
     print(
         f"build_oid_shards on a synthetic Open Images export: {c['images']['total']:,} images "
-        f"(256 x 256, masks at 192 x 192 in {len(world.mask_zips)} zips), one CPU"
+        f"({size[0]} x {size[1]}, masks at 3/4 of that in {len(world.mask_zips)} zips), one CPU"
     )
     print(f"{'rows':<44} {'mask':>7} {'box':>7} {'label':>7}")
     print(
