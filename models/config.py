@@ -141,6 +141,7 @@ class TrainConfig:
             "or a CSV of Open Images classes (alp_dataset.oid_classes); its COCO classes also "
             "name the classes of COCO shards without a manifest",
             metavar="SPLIT",
+            aliases=("--split",),
         ),
     )
     class_names: tuple[str, ...] = field(

@@ -199,6 +199,7 @@ def test_class_split_is_a_named_split_or_a_csv_file(tmp_path: Path) -> None:
     classes = tmp_path / "oid_classes.csv"
     classes.write_text("/m/01g317,Person\n/m/04rmv,Mouse\n")
     assert resolve_config(["--class-split", str(classes)])[1].class_split == str(classes)
+    assert resolve_config(["--split", str(classes)])[1].class_split == str(classes)  # its alias
 
 
 def test_last_step_is_max_steps_when_given() -> None:
