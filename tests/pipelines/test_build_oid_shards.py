@@ -293,6 +293,27 @@ def test_a_split_csv_picks_the_classes_that_keep_masks(excerpt: Excerpt, tmp_pat
 
 
 @pytest.mark.slow
+def test_boxes_without_masks_make_box_only_shards(excerpt: Excerpt, tmp_path: Path) -> None:
+    # The box oracles' training data: Open Images boxes, no segmentation file, no labels.
+    status, _, err = build(
+        "--classes", str(excerpt.root / "classes.csv"), "--boxes", str(excerpt.root / "boxes.csv"),
+        "--images", str(excerpt.root / "images"), "--output", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert status == 0, err
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    c = manifest["counts"]
+    assert c["box_rows"] == {
+        "total": 4, "box": 3, "with_mask": 0, "group_of": 1, "not_selected": 0, "dead_letters": 1
+    }  # fmt: skip
+    assert c["mask_rows"]["total"] == 0 and manifest["mask_files"]["total"] == 0
+    samples = read_samples(tmp_path / "out")
+    instances = [i for s in samples.values() for i in json.loads(s["instances.json"])["instances"]]
+    assert [i["has_mask"] for i in instances] == [False] * 3
+    assert all(json.loads(s["instances.json"])["image_labels"] == {"positive": [], "negative": []}
+               for s in samples.values())  # fmt: skip
+
+
+@pytest.mark.slow
 def test_bad_files_are_usage_errors(excerpt: Excerpt, tmp_path: Path) -> None:
     broken = tmp_path / "boxes.csv"
     broken.write_text(BOXES.replace("IsGroupOf", "IsGroup"))
