@@ -14,7 +14,10 @@ for set A (classes with training masks) and set B (boxes only), and per class of
 ``--per-class``. A class-agnostic predictor gives every class the same mask; a transfer
 predictor gives class c the mask of T(w_det of c).
 
-Prints one table (one row per checkpoint and set).
+Prints one table (one row per checkpoint and set). With ``--drift-from CKPT`` it prints instead
+how far each checkpoint's detection weights w_det of A and of B moved from those of CKPT: the
+discrepancy between A and B that the stop-gradient prevents (Sec. 3.2). ``--shards`` is then
+not read.
 """
 
 from __future__ import annotations
@@ -84,6 +87,27 @@ def diagnose(checkpoint: Path, shards: str, base: list[str], novel: list[str]) -
     return {"checkpoint": checkpoint, "ious": dict(ious)}
 
 
+def detection_weight_drift(
+    checkpoint: Path, start: Path, base: list[str], novel: list[str]
+) -> tuple[float, float]:
+    """Mean relative change ||w_det - w_det(start)|| / ||w_det(start)|| of the classes of A and
+    of B between two checkpoints (e.g. an end-to-end run and the stage-one detector it started
+    from): whether training moved A's detection weights apart from B's (Sec. 3.2)."""
+    weights = []
+    for path in (checkpoint, start):
+        model, _ = load_model(path)
+        if not isinstance(model, MaskXRCNN):
+            raise SystemExit(f"{path}: a {type(model).__name__}, not a MaskX R-CNN")
+        weights.append((model.roi_heads.detection_weights("cls+box").detach(), model.class_names))
+    (w, names), (w0, names0) = weights
+    if names != names0:
+        raise SystemExit(f"{checkpoint} and {start} have different class lists")
+    drift = (w - w0).norm(dim=1) / w0.norm(dim=1)  # (K,)
+    a = [names.index(n) for n in base]
+    b = [names.index(n) for n in novel]
+    return float(drift[a].mean()), float(drift[b].mean())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -113,9 +137,23 @@ def main() -> None:
     parser.add_argument(
         "--per-class", action="store_true", help="also one row per class of B (default: off)"
     )
+    parser.add_argument(
+        "--drift-from",
+        type=Path,
+        metavar="CKPT",
+        help="instead of masks: how far each checkpoint's detection weights of A and of B "
+        "moved from this one's (e.g. the stage-one detector); default: off",
+    )
     args = parser.parse_args()  # fmt: skip
     torch.set_num_threads(1)
     base, novel = args.base_classes.split(","), args.novel_classes.split(",")
+    if args.drift_from is not None:
+        print("| checkpoint | w_det drift, A | w_det drift, B |")
+        print("|---|---:|---:|")
+        for checkpoint in args.checkpoint:
+            a, b = detection_weight_drift(checkpoint, args.drift_from, base, novel)
+            print(f"| {checkpoint.parent.name} | {a:.3f} | {b:.3f} |")
+        return
     print("| checkpoint | set | instances | mean mask IoU | IoU >= 0.5 | IoU >= 0.75 |")
     print("|---|---|---:|---:|---:|---:|")
     for checkpoint in args.checkpoint:
