@@ -42,13 +42,11 @@ too, for its boxes only (its mask head is untrained: n/a).
         --n-eval 16 --work-dir maskx_quick                 # a quick look that everything runs
     python benchmarks/experiment_maskx.py --prepare-only   # worlds and shards, then their classes
 
-Budget: the defaults are sized for the whole table to run on 2 CPU cores in under 90 minutes,
-reckoned from Mask R-CNN*'s cost at this size (docs/benchmarks.md: 0.69 s a step, its 1,500-step
-base stage of Table 3 in 22 min): stage one, 1,500 steps without the mask loss, about 20 min; the
-nine stage-wise rows of 500 steps run the frozen detector forward only and train the small mask
-branch, about 3 min each; the three end-to-end rows of 500 steps pay a full step, about 7 min
-each; 13 evaluations of 150 images, well under a minute each. The stage-wise rows are what keeps
-the table cheap: raise ``--steps`` with care.
+Budget: on 2 CPU cores, one process alone, stage one runs at about 0.30 s a step (7.5 min), a
+stage-wise row at 0.17-0.25 s a step (about 2 min with its evaluation) and an end-to-end row at
+0.5-0.6 s a step (about 5 min): about 50 minutes for the whole table (a run sharing the machine
+with other jobs measured 95; docs/benchmarks.md). The stage-wise rows are what keeps the table
+cheap: raise ``--steps`` with care.
 
 Prints one table and the paper's trends, holding or not (and writes ``results.json`` under
 ``--work-dir``); everything is seeded, and finished runs with the same arguments are reused.
