@@ -8,7 +8,8 @@ Both papers train on masks for *base* classes and evaluate on *novel* ones:
 - ``coco_zsd_48_17``: the 48 seen / 17 unseen zero-shot split (Bansal et al., used by OVR-CNN and
   the ALP paper's Table 4); the remaining 15 COCO classes are in neither part.
 - Open Images: the user supplies the classes in a CSV (``open_images_split``); rows that name a
-  COCO class are base classes, the rest novel.
+  COCO class are base classes, the rest novel. `get_split` also takes the path of such a CSV,
+  or of Open Images' own class descriptions (`alp_dataset.oid_classes`).
 
 The names live in ``data/class_splits.json`` (copied from the project's reference file, provenance
 in its ``_sources`` entry). COCO category ids are derived, not typed in: the COCO paper lists 91
@@ -43,7 +44,9 @@ __all__ = [
     "SPLIT_NAMES",
     "ClassSplit",
     "OpenImagesClasses",
+    "get_coco_split",
     "get_split",
+    "is_split_file",
     "open_images_split",
 ]
 
@@ -151,15 +154,37 @@ _SPLITS: Mapping[str, ClassSplit] = MappingProxyType(
 SPLIT_NAMES: tuple[str, ...] = tuple(_SPLITS)
 
 
+def is_split_file(spec: str) -> bool:
+    """Whether a split spec names a CSV file (``--split PATH.csv``) rather than a named split."""
+    return spec not in _SPLITS and (spec.lower().endswith(".csv") or Path(spec).is_file())
+
+
 def get_split(name: str) -> ClassSplit:
-    """The named COCO split: "coco_voc", "coco_nonvoc" or "coco_zsd_48_17"."""
+    """The named COCO split ("coco_voc", "coco_nonvoc", "coco_zsd_48_17"), or the split of a
+    CSV file: an Open Images class list (`alp_dataset.oid_classes.split_from_csv`: class
+    descriptions through the shipped COCO correspondence, or an explicit display_name,coco_name
+    list)."""
+    if is_split_file(name):
+        from alp_dataset.oid_classes import split_from_csv  # imports this module
+
+        return split_from_csv(name).split
     try:
         return _SPLITS[name]
     except KeyError:
         raise ValueError(
-            f"unknown class split {name!r}; expected one of {list(SPLIT_NAMES)} "
-            "(Open Images: open_images_split(csv_path))"
+            f"unknown class split {name!r}; expected one of {list(SPLIT_NAMES)} or a CSV file "
+            "of Open Images classes"
         ) from None
+
+
+def get_coco_split(name: str) -> ClassSplit:
+    """The split in COCO's class names: a named split as `get_split` gives it; for a CSV of
+    Open Images classes, base = the COCO classes its base classes come from, no novel ones."""
+    if is_split_file(name):
+        from alp_dataset.oid_classes import coco_split, split_from_csv
+
+        return coco_split(split_from_csv(name))
+    return get_split(name)
 
 
 # ---------------------------------------------------------------------------------------------

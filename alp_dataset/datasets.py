@@ -30,7 +30,10 @@ normalises), and a target dict, N = instances:
 =================== ==========================================================================
 
 ALP targets add ``image_key`` (``dataset_id/image_id``); COCO targets add ``image_id``,
-``category_ids``, ``annotation_ids`` (int64 (N,)) and, with ``keep_crowd``, ``iscrowd``.
+``category_ids``, ``annotation_ids`` (int64 (N,)) and, with ``keep_crowd``, ``iscrowd``. Open
+Images shards (`alp_dataset.oid_shards`) read as COCO shards: ``image_id`` is then the ImageID
+string, group-of instances are crowds, and ``image_labels`` holds the image's verified labels
+(``{"positive", "negative"}``: tuples of LabelNames).
 
 How shards reach workers (``R`` ranks, ``W`` DataLoader workers per rank):
 
@@ -379,9 +382,17 @@ def decode_coco_sample(
     target = {
         **_instances(torch.from_numpy(boxes), masks, torch.zeros(n, dtype=torch.bool), fields),
         "key": raw["__key__"],
-        "image_id": int(doc["image_id"]),
+        # COCO's ids are ints; Open Images shards (alp_dataset.oid_shards) hold ImageID strings
+        # and the image's verified labels.
+        "image_id": doc["image_id"] if isinstance(doc["image_id"], str) else int(doc["image_id"]),
         "image_hw": (h, w),
     }
+    if "image_labels" in doc:
+        labels = doc["image_labels"]
+        target["image_labels"] = {
+            "positive": tuple(labels["positive"]),
+            "negative": tuple(labels["negative"]),
+        }
     return image, target
 
 

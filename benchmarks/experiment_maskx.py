@@ -42,13 +42,11 @@ too, for its boxes only (its mask head is untrained: n/a).
         --n-eval 16 --work-dir maskx_quick                 # a quick look that everything runs
     python benchmarks/experiment_maskx.py --prepare-only   # worlds and shards, then their classes
 
-Budget: the defaults are sized for the whole table to run on 2 CPU cores in under 90 minutes,
-reckoned from Mask R-CNN*'s cost at this size (docs/benchmarks.md: 0.69 s a step, its 1,500-step
-base stage of Table 3 in 22 min): stage one, 1,500 steps without the mask loss, about 20 min; the
-nine stage-wise rows of 500 steps run the frozen detector forward only and train the small mask
-branch, about 3 min each; the three end-to-end rows of 500 steps pay a full step, about 7 min
-each; 13 evaluations of 150 images, well under a minute each. The stage-wise rows are what keeps
-the table cheap: raise ``--steps`` with care.
+Budget: on 2 CPU cores, one process alone, stage one runs at about 0.30 s a step (7.5 min), a
+stage-wise row at 0.17-0.25 s a step (about 2 min with its evaluation) and an end-to-end row at
+0.5-0.6 s a step (about 5 min): about 50 minutes for the whole table (a run sharing the machine
+with other jobs measured 95; docs/benchmarks.md). The stage-wise rows are what keeps the table
+cheap: raise ``--steps`` with care.
 
 Prints one table and the paper's trends, holding or not (and writes ``results.json`` under
 ``--work-dir``); everything is seeded, and finished runs with the same arguments are reused.
@@ -57,15 +55,15 @@ Prints one table and the paper's trends, holding or not (and writes ``results.js
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from experiment_runs import coco_shards, train_once
 
 from alp_dataset.synthetic import DEFAULT_CLASSES, write_world
 
@@ -73,24 +71,6 @@ A_CLASSES = DEFAULT_CLASSES[::4]  # circle, heart, crown, gear: masks and boxes
 B_CLASSES = tuple(c for c in DEFAULT_CLASSES if c not in A_CLASSES)  # boxes only
 IMAGE_SIZE = 128
 DATA_LAYOUT = 1  # bump when the worlds or shards change, so that old ones are not reused
-
-
-def quiet(run: Callable[[list[str]], int], argv: list[str]) -> None:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        status = run(argv)
-    if status != 0:
-        raise SystemExit(f"{run.__module__} failed ({status}):\n{out.getvalue()}")
-
-
-def coco_shards(instances: Path, images: Path, out: Path, *extra: str) -> Path:
-    from pipelines.build_coco_shards import run
-
-    if not (out / "manifest.json").exists():
-        quiet(run, ["--instances", str(instances), "--images", str(images), "--output",
-                    str(out), "--shard-size", "100", "--runner", "FnApiRunner", "--overwrite",
-                    *extra])  # fmt: skip
-    return out
 
 
 def prepare(work: Path, *, n_train: int, n_eval: int, seed: int) -> dict[str, Path]:
@@ -186,23 +166,6 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
 
 
-def _train_once(run_dir: Path, stamp: dict[str, Any], argv: list[str]) -> None:
-    """Train into ``run_dir`` unless a finished run with the very same ``stamp`` is there."""
-    from models.train import main as train
-
-    stamp_path = run_dir / "run_args.json"
-    if stamp_path.exists() and json.loads(stamp_path.read_text()) != json.loads(json.dumps(stamp)):
-        shutil.rmtree(run_dir)
-    if (run_dir / "last.pt").exists():
-        return
-    shutil.rmtree(run_dir, ignore_errors=True)  # a run cut short: start it again
-    run_dir.mkdir(parents=True)
-    stamp_path.write_text(json.dumps(stamp))
-    status = train([*argv, "--output-dir", str(run_dir)])
-    if status != 0:
-        raise SystemExit(f"training in {run_dir} failed ({status})")
-
-
 def _train_argv(
     row: Row, steps: int, lr: float, shards: Path, args: argparse.Namespace
 ) -> list[str]:
@@ -241,7 +204,7 @@ def stage_one(data: dict[str, Path], work: Path, args: argparse.Namespace) -> di
                 ("stage1_steps", "stage1_lr", "optimizer", "batch_size", "seed")}}  # fmt: skip
     run_dir = work / "runs" / "stage_one"
     argv = _train_argv(row, args.stage1_steps, args.stage1_lr, data[row.source], args)
-    _train_once(run_dir, stamp, argv)
+    train_once(run_dir, stamp, argv)
     trained = time.perf_counter() - started
     summary = _evaluate(run_dir / "last.pt", data)
     return {
@@ -270,7 +233,7 @@ def train_and_evaluate(
         **{k: getattr(args, k) for k in ("steps", "lr", "optimizer", "batch_size", "seed")},
     }
     argv = _train_argv(row, args.steps, args.lr, data[row.source], args)
-    _train_once(run_dir, stamp, [*argv, "--init-from", str(start["checkpoint"])])
+    train_once(run_dir, stamp, [*argv, "--init-from", str(start["checkpoint"])])
     trained = time.perf_counter() - started
     summary = _evaluate(run_dir / "last.pt", data)
     return {

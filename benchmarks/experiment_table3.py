@@ -40,39 +40,21 @@ Prints one table and the paper's trends, holding or not (and writes ``results.js
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from experiment_runs import coco_shards, quiet, train_once
 
 from alp_dataset.synthetic import DEFAULT_CLASSES, write_world
 
 BASE_CLASSES = DEFAULT_CLASSES[:7]  # circle ... cross
 NOVEL_CLASSES = DEFAULT_CLASSES[7:]  # diamond ... bone
 IMAGE_SIZE = 128
-
-
-def quiet(run: Callable[[list[str]], int], argv: list[str]) -> None:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        status = run(argv)
-    if status != 0:
-        raise SystemExit(f"{run.__module__} failed ({status}):\n{out.getvalue()}")
-
-
-def coco_shards(instances: Path, images: Path, out: Path, *extra: str) -> Path:
-    from pipelines.build_coco_shards import run
-
-    if not (out / "manifest.json").exists():
-        quiet(run, ["--instances", str(instances), "--images", str(images), "--output",
-                    str(out), "--shard-size", "100", "--runner", "FnApiRunner", "--overwrite",
-                    *extra])  # fmt: skip
-    return out
 
 
 def alp_shards(narratives: Path, images: Path, out: Path) -> Path:
@@ -157,23 +139,6 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
 
 
-def _train_once(run_dir: Path, stamp: dict[str, Any], argv: list[str]) -> None:
-    """Train into ``run_dir`` unless a finished run with the very same ``stamp`` is there."""
-    from models.train import main as train
-
-    stamp_path = run_dir / "run_args.json"
-    if stamp_path.exists() and json.loads(stamp_path.read_text()) != json.loads(json.dumps(stamp)):
-        shutil.rmtree(run_dir)
-    if (run_dir / "last.pt").exists():
-        return
-    shutil.rmtree(run_dir, ignore_errors=True)  # a run cut short: start it again
-    run_dir.mkdir(parents=True)
-    stamp_path.write_text(json.dumps(stamp))
-    status = train([*argv, "--output-dir", str(run_dir)])
-    if status != 0:
-        raise SystemExit(f"training in {run_dir} failed ({status})")
-
-
 def _schedule(arch: str, steps: int, lr: float, args: argparse.Namespace) -> list[str]:
     return [
         "--arch", arch, "--preset", "synthetic-small", "--steps", str(steps),
@@ -206,7 +171,7 @@ def base_stage(
     stamp = {"arch": arch, **{k: getattr(args, k) for k in
              ("base_steps", "base_lr", "optimizer", "batch_size", "seed")}}  # fmt: skip
     run_dir = work / "runs" / arch / "base_stage"
-    _train_once(
+    train_once(
         run_dir,
         stamp,
         [*_schedule(arch, args.base_steps, args.base_lr, args),
@@ -238,7 +203,7 @@ def train_and_evaluate(
         "start": start["stamp"],
         **{k: getattr(args, k) for k in ("steps", "lr", "optimizer", "batch_size", "seed")},
     }
-    _train_once(
+    train_once(
         run_dir,
         stamp,
         [*_schedule(setting.arch, args.steps, args.lr, args), *shards,

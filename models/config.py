@@ -38,7 +38,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from alp_dataset.class_splits import SPLIT_NAMES
+from alp_dataset.class_splits import SPLIT_NAMES, is_split_file
 from models.architectures import (
     ARCH_NAMES,
     ARCHITECTURES,
@@ -137,10 +137,11 @@ class TrainConfig:
     class_split: str = field(
         default="",
         metadata=help_meta(
-            "class split of the benchmark (alp_dataset.class_splits), recorded for evaluation; "
-            "its classes also name the COCO classes of shards without a manifest",
-            choices=("", *SPLIT_NAMES),
+            f"class split of the benchmark, recorded for evaluation: {', '.join(SPLIT_NAMES)}, "
+            "or a CSV of Open Images classes (alp_dataset.oid_classes); its COCO classes also "
+            "name the classes of COCO shards without a manifest",
             metavar="SPLIT",
+            aliases=("--split",),
         ),
     )
     class_names: tuple[str, ...] = field(
@@ -261,6 +262,12 @@ class TrainConfig:
             self.pattern,
         )
         check(self.device in DEVICES, "device", f"one of {DEVICES}", self.device)
+        check(
+            self.class_split in ("", *SPLIT_NAMES) or is_split_file(self.class_split),
+            "class_split",
+            f"one of {SPLIT_NAMES} or the path of a .csv file",
+            self.class_split,
+        )
         check(
             self.alp_supervision in ALP_SUPERVISION,
             "alp_supervision",

@@ -21,14 +21,16 @@ COCO's ignored regions for COCO AP and group-of instances for the Open Images me
 
 Metrics (`models.evaluation`): COCO AP / AP50 / AP75 through pycocotools for masks and boxes,
 and the Open-Images-challenge mask AP50 (every class verified on every image: COCO is annotated
-exhaustively). The table printed has rows all / base / novel; ``--out`` writes everything as JSON.
+exhaustively). On Open Images shards (`pipelines/build_oid_shards.py`, told by their manifest)
+only the challenge's metric is computed, with each image's verified labels and the class
+hierarchy; ``--submission`` writes the challenge's submission CSV, ``--results-json`` COCO's
+results file. The table printed has rows all / base / novel; ``--out`` writes everything as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -39,15 +41,24 @@ from typing import Any
 
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from alp_dataset.coco_shards import encode_mask
 from alp_dataset.datasets import CocoShardDataset, shard_urls
 from alp_dataset.loader import make_loader
+from alp_dataset.open_images import load_hierarchy
 from alp_dataset.transforms import GEOMETRY, INSTANCES, EvalTransform, Instances
 from models.evaluation import ImageDetections, coco_metrics, oid_mask_ap50
+from models.evaluation.collect import (
+    ORIGINAL_BOXES,
+    ORIGINAL_MASKS,
+    GroundTruthCollector,
+    format_table,
+    summary,
+    write_detections,
+)
+from models.evaluation.oid_ground_truth import OidClassTable, find_oid_manifest
 from models.predict import (
     default_device,
     inference_settings,
@@ -66,9 +77,6 @@ __all__ = [
     "format_table",
     "main",
 ]
-
-ORIGINAL_BOXES = "original_boxes_xyxy_px"  # float32 (N, 4), pixels of the stored image
-ORIGINAL_MASKS = "original_mask_rles"  # N compressed RLEs of the stored masks (None: no mask)
 
 
 @dataclass(frozen=True)
@@ -113,85 +121,10 @@ def eval_dataset(urls: str | Sequence[str], *, size: int, **kwargs: Any) -> Coco
 # The evaluation loop
 
 
-class _Collector:
-    """Ground truth (a COCO instances dict) and detections gathered image by image."""
-
-    def __init__(self) -> None:
-        self.images: list[dict[str, Any]] = []
-        self.annotations: list[dict[str, Any]] = []
-        self.category_of: dict[str, int] = {}  # class name -> COCO category id
-        self.detections: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, tuple]] = []
-        self._seen: set[int] = set()
-
-    def add_ground_truth(self, target: Mapping[str, Any]) -> int:
-        image_id = int(target["image_id"])
-        where = f"image {image_id}"
-        if ORIGINAL_MASKS not in target:
-            raise ValueError(
-                f"{where}: target lacks {ORIGINAL_MASKS!r}; read the shards with "
-                "models.evaluate.eval_dataset (GroundTruthEvalTransform)"
-            )
-        if image_id in self._seen:
-            raise ValueError(f"{where} occurs twice in the shards")
-        self._seen.add(image_id)
-        height, width = (int(v) for v in target["image_hw"])
-        self.images.append({"id": image_id, "height": height, "width": width})
-        boxes = target[ORIGINAL_BOXES]
-        rles = target[ORIGINAL_MASKS]
-        n = len(boxes)
-        crowd = target.get("iscrowd")
-        for j in range(n):
-            name, category_id = str(target["phrases"][j]), int(target["category_ids"][j])
-            if self.category_of.setdefault(name, category_id) != category_id:
-                raise ValueError(
-                    f"{where}: class {name!r} has category_id {category_id}, earlier "
-                    f"{self.category_of[name]}"
-                )
-            x0, y0, x1, y1 = (float(v) for v in boxes[j])
-            rle = rles[j] if bool(target["has_mask"][j]) else None
-            is_crowd = bool(crowd[j]) if crowd is not None else False
-            self.annotations.append(
-                {
-                    "id": int(target["annotation_ids"][j]),
-                    "image_id": image_id,
-                    "category_id": category_id,
-                    "bbox": [x0, y0, x1 - x0, y1 - y0],
-                    # The mask's pixel count (COCO's own area is the polygon's, a hair apart).
-                    "area": float(_rle_area(rle)) if rle else (x1 - x0) * (y1 - y0),
-                    "iscrowd": int(is_crowd),
-                    "is_group_of": is_crowd,
-                    "has_mask": rle is not None,
-                    "segmentation": rle,
-                }
-            )
-        return image_id
-
-    def ground_truth(self) -> dict[str, Any]:
-        categories = [{"id": c, "name": n} for n, c in sorted(self.category_of.items())]
-        return {"images": self.images, "categories": categories, "annotations": self.annotations}
-
-
-def _rle_area(rle: Mapping[str, Any]) -> int:
-    return int(mask_utils.area(dict(rle)))
-
-
 def _as_loader(data: Any, batch_size: int, workers: int) -> Iterable[Any]:
     if isinstance(data, DataLoader):
         return data
     return make_loader(data, batch_size=batch_size, num_workers=workers)
-
-
-def _summary(coco: Mapping[str, Any], oid: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    out = {}
-    for subset in ("all", "base", "novel"):
-        out[subset] = {
-            "mask_AP": coco.get("segm", {}).get(subset, {}).get("AP"),
-            "mask_AP50": coco.get("segm", {}).get(subset, {}).get("AP50"),
-            "box_AP": coco.get("bbox", {}).get(subset, {}).get("AP"),
-            "box_AP50": coco.get("bbox", {}).get(subset, {}).get("AP50"),
-            "oid_mask_AP50": oid.get(subset),
-        }
-    return out
 
 
 def evaluate_model(
@@ -209,6 +142,10 @@ def evaluate_model(
     score_threshold: float | None = None,
     nms_threshold: float | None = None,
     progress: bool = True,
+    oid_classes: OidClassTable | None = None,
+    group_of_weight: float = 1.0,
+    submission_csv: str | Path | None = None,
+    results_json: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run ``model`` over a dataset from `eval_dataset` (or a loader of its batches, made with
     `alp_dataset.loader.collate`) and compute the metrics.
@@ -216,6 +153,13 @@ def evaluate_model(
     ``class_embeddings`` (C, D) rows belong to ``class_names``, the model's label order;
     ``base`` and ``novel`` are disjoint subsets of ``class_names``. ``limit`` stops after that
     many images; the thresholds, when given, override the model's for this run.
+
+    Open Images shards (``oid_classes``, from their manifest): category ids are the table's for
+    every kept class (a parent class can have positives through its children without
+    instances of its own); the metric is the challenge's (`oid_mask_ap50` with the images'
+    verified labels, the hierarchy and ``group_of_weight``); COCO AP, which assumes exhaustive
+    annotation, is not computed. ``submission_csv`` writes the challenge submission file (Open
+    Images shards only), ``results_json`` COCO's results file.
 
     Returns ``{"num_images", "seconds", "data_errors", "classes": {"base", "novel", "absent"},
     "category_ids": {name: id}, "summary": {subset: {"mask_AP", "mask_AP50", "box_AP",
@@ -232,7 +176,7 @@ def evaluate_model(
         )
     if device is None:
         device = next(model.parameters()).device
-    collected = _Collector()
+    collected = GroundTruthCollector()
     start = time.perf_counter()
     bar = tqdm(total=limit, unit="image", desc="evaluate", disable=not progress, file=sys.stderr)
     with inference_settings(model, score_threshold=score_threshold, nms_threshold=nms_threshold):
@@ -254,7 +198,7 @@ def evaluate_model(
                 break
     bar.close()
 
-    present = collected.category_of
+    present = dict(oid_classes.category_ids) if oid_classes else collected.category_of
     label_to_category = np.array([present.get(n, -1) for n in class_names], dtype=np.int64)
     detections = []
     for image_id, boxes, scores, labels, rles in collected.detections:
@@ -271,9 +215,23 @@ def evaluate_model(
         )
     base_ids = [present[n] for n in base if n in present]
     novel_ids = [present[n] for n in novel if n in present]
-    gt = collected.ground_truth()
-    coco = coco_metrics(gt, detections, base_category_ids=base_ids, novel_category_ids=novel_ids)
-    oid = oid_mask_ap50(gt, detections, base_category_ids=base_ids, novel_category_ids=novel_ids)
+    gt = collected.ground_truth(oid_classes)
+    subsets = {"base_category_ids": base_ids, "novel_category_ids": novel_ids}
+    if oid_classes is None:
+        coco = coco_metrics(gt, detections, **subsets)
+        oid = oid_mask_ap50(gt, detections, **subsets)
+    else:
+        coco = {}
+        labels = {i: oid_classes.image_labels(v) for i, v in collected.image_labels.items()}
+        oid = oid_mask_ap50(
+            gt,
+            detections,
+            **subsets,
+            image_labels=labels,
+            hierarchy=oid_classes.ancestors,
+            group_of_weight=group_of_weight,
+        )
+    write_detections(collected, detections, oid_classes, submission_csv, results_json)
     errors = getattr(dataset_or_loader, "dataset", dataset_or_loader)
     return {
         "num_images": len(collected.images),
@@ -286,7 +244,7 @@ def evaluate_model(
             "absent": [n for n in (*base, *novel) if n not in present],
         },
         "category_ids": {n: present[n] for n in (*base, *novel) if n in present},
-        "summary": _summary(coco, oid),
+        "summary": summary(coco, oid),
         "coco": coco,
         "oid": oid,
     }
@@ -294,40 +252,6 @@ def evaluate_model(
 
 # ---------------------------------------------------------------------------------------------
 # Output
-
-
-def _percent(value: float | None) -> str:
-    return "-" if value is None or math.isnan(value) else f"{100 * value:.1f}"
-
-
-def format_table(result: Mapping[str, Any]) -> str:
-    """The summary as a text table: rows all / base / novel, AP values in percent ("-": no
-    ground truth in that subset)."""
-    header = ("classes", "mask AP", "mask AP50", "box AP", "box AP50", "OID mask AP50")
-    rows = [("", *header)]
-    segm = result["coco"].get("segm") or result["coco"].get("bbox")
-    for subset in ("all", "base", "novel"):
-        s = result["summary"][subset]
-        counts = segm[subset]
-        rows.append(
-            (
-                subset,
-                f"{counts['num_classes_with_gt']}/{counts['num_classes']}",
-                *(_percent(s[k]) for k in ("mask_AP", "mask_AP50", "box_AP", "box_AP50")),
-                _percent(s["oid_mask_AP50"]),
-            )
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
-                       enumerate(zip(r, widths, strict=True))) for r in rows]  # fmt: skip
-    lines.insert(1, "-" * len(lines[0]))
-    notes = [f"images: {result['num_images']}"]
-    if result["classes"]["absent"]:
-        notes.append(
-            "classes of the split absent from the data (left out): "
-            + ", ".join(result["classes"]["absent"])
-        )
-    return "\n".join(lines + notes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -346,14 +270,43 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         action="append",
         metavar="DIR_OR_URLS",
-        help="COCO shards of pipelines/build_coco_shards.py with masks for every class: its "
-        "output folder, a brace pattern, or several patterns joined by '::'; repeat the flag "
+        help="shards with masks for every class, of pipelines/build_coco_shards.py or "
+        "build_oid_shards.py (the challenge's protocol; needs their manifest): the output "
+        "folder, a brace pattern, or several patterns joined by '::'; repeat the flag "
         "for more",
     )
     parser.add_argument(
         "--split",
-        metavar="NAME",
-        help="class split of alp_dataset.class_splits (coco_voc, coco_nonvoc, coco_zsd_48_17)",
+        metavar="NAME_OR_CSV",
+        help="class split of alp_dataset.class_splits (coco_voc, coco_nonvoc, coco_zsd_48_17), "
+        "or a CSV of Open Images classes: class descriptions (base classes by the shipped COCO "
+        "correspondence, printed) or display_name,mid,coco_name",
+    )
+    parser.add_argument(
+        "--hierarchy",
+        metavar="JSON",
+        help="Open Images shards: the class hierarchy JSON to expand the ground truth with; "
+        "default: the one the shards' manifest recorded (none: no expansion)",
+    )
+    parser.add_argument(
+        "--group-of-weight",
+        type=float,
+        default=1.0,
+        metavar="W",
+        help="Open Images shards: true positives a hit group-of instance counts for (1: one, "
+        "the challenge's detection rule; 0: its segmentation evaluator's, group-of detections "
+        "ignored); default: 1",
+    )
+    parser.add_argument(
+        "--submission",
+        metavar="CSV",
+        help="Open Images shards: write the detections as the challenge's submission CSV "
+        "(ImageID,ImageWidth,ImageHeight,PredictionString)",
+    )
+    parser.add_argument(
+        "--results-json",
+        metavar="JSON",
+        help="write the detections as COCO results JSON (image ids as the shards hold them)",
     )
     parser.add_argument(
         "--base-classes", metavar="A,B", help="base class names (instead of --split)"
@@ -400,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _classes(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[list, list]:
-    from alp_dataset.class_splits import get_split
+    from alp_dataset.class_splits import get_split, is_split_file
 
     by_list = args.base_classes is not None or args.novel_classes is not None
     if (args.split is None) == (not by_list):
@@ -408,6 +361,12 @@ def _classes(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple
     try:
         if args.split is not None:
             split = get_split(args.split)
+            if is_split_file(args.split):
+                from alp_dataset.oid_classes import format_matches, split_from_csv
+
+                print(
+                    format_matches(split_from_csv(args.split), source=args.split), file=sys.stderr
+                )
             return list(split.base), list(split.novel)
         if args.base_classes is None or args.novel_classes is None:
             parser.error("--base-classes and --novel-classes go together")
@@ -437,6 +396,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--shards: {exc}")
     if not urls:
         parser.error(f"--shards {args.shards}: no shard files")
+    try:
+        manifest = find_oid_manifest(args.shards)
+        hierarchy = load_hierarchy(args.hierarchy) if args.hierarchy else None
+        oid_classes = OidClassTable.from_manifest(manifest, hierarchy) if manifest else None
+    except (OSError, ValueError) as exc:
+        parser.error(f"--shards / --hierarchy: {exc}")
+    if oid_classes is None and (args.hierarchy or args.submission):
+        parser.error("--hierarchy and --submission need Open Images shards (build_oid_shards.py)")
     device = args.device or default_device()
 
     class_names = [*base, *novel]
@@ -456,6 +423,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         limit=args.limit,
         score_threshold=args.score_threshold,
         nms_threshold=args.nms_threshold,
+        oid_classes=oid_classes,
+        group_of_weight=args.group_of_weight,
+        submission_csv=args.submission,
+        results_json=args.results_json,
     )
     result = {
         "checkpoint": os.fspath(args.checkpoint),

@@ -41,7 +41,8 @@ def flag_name(name: str) -> str:
 
 
 def help_meta(text: str, **more: Any) -> dict[str, Any]:
-    """A field's metadata: its help text, and ``choices`` / ``metavar`` / ``append``."""
+    """A field's metadata: its help text, and ``choices`` / ``metavar`` / ``append`` /
+    ``aliases`` (more flag names)."""
     return {"help": text, **more}
 
 
@@ -88,7 +89,7 @@ def _add_field_flag(group: Any, f: dataclasses.Field[Any], hint: Any) -> None:
         kwargs["metavar"] = meta["metavar"]
     elif kwargs.get("type") in (int, float):
         kwargs["metavar"] = "N" if kwargs["type"] is int else "X"
-    group.add_argument(flag_name(f.name), **kwargs)
+    group.add_argument(flag_name(f.name), *meta.get("aliases", ()), **kwargs)
 
 
 def add_field_flags(group: Any, cls: type) -> None:

@@ -39,7 +39,7 @@ from apache_beam import pvalue
 from apache_beam.io.filesystems import FileSystems
 from PIL import Image
 
-from alp_dataset.class_splits import SPLIT_NAMES
+from alp_dataset.class_splits import SPLIT_NAMES, is_split_file
 from alp_dataset.coco_shards import (
     BOXES_FOR,
     COCO_SHARDS_FORMAT,
@@ -51,6 +51,7 @@ from alp_dataset.coco_shards import (
     SPLIT_ALL,
     manifest_problems,
 )
+from alp_dataset.oid_classes import format_matches, split_from_csv
 from alp_dataset.schema import ALPS_DIR, DEAD_LETTERS_DIR, PHRASES_DIR, SHARDS_DIR
 from pipelines import launcher, writers
 from pipelines import manifest as m
@@ -120,6 +121,14 @@ last; see docs/coco_shards.md).
 """
 
 
+def _split_spec(text: str) -> str:
+    if text in (*SPLIT_NAMES, SPLIT_ALL) or is_split_file(text):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"{text!r}: expected one of {[*SPLIT_NAMES, SPLIT_ALL]} or the path of a .csv file"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -140,9 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--split",
         default=None,
-        choices=(*SPLIT_NAMES, SPLIT_ALL),
-        help="class split (alp_dataset.class_splits); 'all': every category of the file is a "
-        f"base class; default: {SPLIT_ALL} (unless --base-classes gives the split)",
+        type=_split_spec,
+        metavar="SPLIT",
+        help=f"class split: {', '.join(SPLIT_NAMES)} (alp_dataset.class_splits), a CSV of Open "
+        "Images classes (base = the COCO classes they come from), or 'all': every category of "
+        f"the file is a base class; default: {SPLIT_ALL} (unless --base-classes gives the split)",
     )
     parser.add_argument(
         "--base-classes",
@@ -544,6 +555,8 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> i
         # that the job graph never carries the annotations.
         doc = load_instances(read_input(args.instances), args.instances)
         categories = check_instances(doc, args.instances)
+        if split is not None and is_split_file(split):  # which OID classes the COCO ones serve
+            print(format_matches(split_from_csv(split), source=split), file=sys.stderr)
         selection = select_classes(
             categories.values(),
             split=split,

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from alp_dataset.class_splits import get_split
+from alp_dataset.class_splits import get_coco_split
 from alp_dataset.coco_shards import (
     BOXES_FOR,
     COCO_SHARDS_FORMAT,
@@ -159,7 +159,7 @@ def select_classes(
     if split == SPLIT_ALL:
         base, novel = in_file, frozenset()
     elif split is not None:
-        s = get_split(split)
+        s = get_coco_split(split)  # a CSV of Open Images classes: its COCO classes
         base, novel = frozenset(s.base), frozenset(s.novel)
     elif not base:
         raise ValueError(

@@ -1,6 +1,6 @@
 """Command line: write a synthetic world to a folder.
 
-Usage: python -m alp_dataset.synthetic --out DIR --n-images N --seed S [--no-images]
+Usage: python -m alp_dataset.synthetic --out DIR --n-images N --seed S [--no-images] [--open-images]
 """
 
 from __future__ import annotations
@@ -9,8 +9,10 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from alp_dataset.synthetic.export import write_world
+from alp_dataset.synthetic.oid_export import write_oid_world
 from alp_dataset.synthetic.shapes import DEFAULT_CLASSES
 
 
@@ -92,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAMES",
         help="comma-separated shape classes to draw from (default: all: %(default)s)",
     )
+    parser.add_argument(
+        "--open-images",
+        action="store_true",
+        help="also write the annotations in Open Images' formats to DIR/open_images/ (class "
+        "descriptions, hierarchy, segmentation CSV + mask zips, labels, boxes, images named "
+        "by ImageID; alp_dataset.synthetic.oid_export)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -112,6 +121,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             start=args.start,
             progress=not args.quiet,
         )
+        oid = None
+        if args.open_images:
+            oid = write_oid_world(
+                Path(args.out) / "open_images",
+                args.n_images,
+                seed=args.seed,
+                classes=tuple(c.strip() for c in args.classes.split(",") if c.strip()),
+                image_size=args.image_size,
+                start=args.start,
+            )
     except ValueError as exc:  # bad option values: say which, like argparse does
         parser.error(str(exc))
     n_narratives = args.n_images * args.annotators_per_image
@@ -121,6 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"  instances     {paths.instances}  (COCO, RLE masks)")
     print(f"  ground truth  {paths.ground_truth}")
     print(f"  images        {paths.images if paths.images else '(not written: --no-images)'}")
+    if oid is not None:
+        print(f"  Open Images   {oid.root}  (classes.csv, hierarchy.json, *-masks-*.zip, CSVs)")
     return 0
 
 

@@ -6,7 +6,8 @@
                               rank=0, world_size=1)
 
 Each ``--shards`` is an output folder of `pipelines/extract_alps.py` (ALPs; built with
-``--images``) or of `pipelines/build_coco_shards.py` (COCO instances), told apart by their
+``--images``) or of `pipelines/build_coco_shards.py` (COCO instances) or
+`pipelines/build_oid_shards.py` (Open Images instances, read as COCO ones), told apart by their
 manifest.json, or a brace pattern of such .tar shards (its manifest is looked for two folders
 up; without one the first sample says which kind it is). ALP samples carry their phrase
 embeddings; COCO samples get the prompt-ensemble embedding of their class name from the text
@@ -30,7 +31,7 @@ from webdataset.gopen import gopen
 
 from alp_curation.encoders import MINILM_ID, EncoderUnavailable, load_text_encoder
 from alp_curation.prompts import ensemble_embeddings
-from alp_dataset.class_splits import get_split
+from alp_dataset.class_splits import get_coco_split
 from alp_dataset.coco_shards import COCO_SHARDS_FORMAT, SAMPLE_INSTANCES
 from alp_dataset.datasets import (
     AlpShardDataset,
@@ -39,6 +40,7 @@ from alp_dataset.datasets import (
     output_shards,
     shard_urls,
 )
+from alp_dataset.oid_shards import OID_SHARDS_FORMAT
 from alp_dataset.schema import MANIFEST_NAME, SAMPLE_JSON
 from alp_dataset.tar_members import shard_stream, tar_members
 from alp_dataset.transforms import TrainTransform
@@ -96,7 +98,7 @@ def _peek(url: str, spec: str) -> tuple[str, dict[str, Any]]:
 
 
 def _from_manifest(spec: str, manifest: Mapping[str, Any], urls: Sequence[str]) -> Source:
-    if manifest.get("format") == COCO_SHARDS_FORMAT:
+    if manifest.get("format") in (COCO_SHARDS_FORMAT, OID_SHARDS_FORMAT):
         classes = manifest.get("classes", {})
         names = sorted({*classes.get("mask", ()), *classes.get("box_only", ())})
         samples = manifest["counts"]["images"]["samples"]
@@ -202,7 +204,7 @@ def _coco_names(source: Source, train_cfg: TrainConfig) -> tuple[str, ...]:
     if train_cfg.class_names:
         return train_cfg.class_names
     if train_cfg.class_split:
-        return get_split(train_cfg.class_split).classes
+        return get_coco_split(train_cfg.class_split).classes
     raise TrainError(
         f"--shards {source.spec}: COCO shards without a manifest; name their classes with "
         "--class-names or --class-split"

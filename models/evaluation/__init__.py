@@ -25,19 +25,21 @@ Conventions shared by both metrics:
   a failed detector) with ``num_gt`` 0 beside it.
 - An annotation with ``"has_mask": False`` (or no ``segmentation``) is a box-only instance: it
   counts normally for box AP; for mask metrics it becomes an ignored region covering its box
-  (COCO: a crowd region; Open Images: detections it holds by IoA >= 0.5 are dropped, as the
-  challenge drops detections on "difficult" instances).
+  (COCO: a crowd region; Open Images: the challenge's second stage, a detection whose box has
+  IoU >= 0.5 with it, or IoA >= 0.5 with a box-only group-of instance, is ignored; see
+  `models.evaluation.open_images` for every rule of that protocol and its reference).
 """
 
 from __future__ import annotations
 
 from models.evaluation.coco import coco_metrics
-from models.evaluation.open_images import average_precision, oid_mask_ap50
+from models.evaluation.open_images import ImageLabels, average_precision, oid_mask_ap50
 from models.evaluation.records import SUBSETS, ImageDetections, image_detections
 
 __all__ = [
     "SUBSETS",
     "ImageDetections",
+    "ImageLabels",
     "average_precision",
     "coco_metrics",
     "image_detections",

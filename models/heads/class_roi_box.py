@@ -35,9 +35,9 @@ import alp_curation.torchvision_fix  # noqa: F401
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms, clip_boxes_to_image, remove_small_boxes
+from torchvision.ops import clip_boxes_to_image
 
-from models.heads.roi_box import MIN_BOX_SIDE, RoIHeadBase, Samples
+from models.heads.roi_box import RoIHeadBase, Samples, best_detections
 from models.ops import concat_boxes, zero_weighted
 
 __all__ = ["DETECTION_WEIGHTS", "ClassRoIBoxHead"]
@@ -162,18 +162,13 @@ class ClassRoIBoxHead(RoIHeadBase):
         detections = []
         for boxes, scores in zip(refined.split(counts), probs.split(counts), strict=True):
             boxes = clip_boxes_to_image(boxes.reshape(-1, 4), image_size).view(-1, num_classes, 4)
-            candidates = (scores > score_threshold).nonzero()  # (K', 2): proposal, class
-            rows, labels = candidates[:, 0], candidates[:, 1]
-            kept_boxes, kept_scores = boxes[rows, labels], scores[rows, labels]
-            large = remove_small_boxes(kept_boxes, MIN_BOX_SIDE)
-            kept_boxes, kept_scores, labels = kept_boxes[large], kept_scores[large], labels[large]
-            keep = batched_nms(kept_boxes, kept_scores, labels, nms_threshold)
-            keep = keep[:detections_per_image]
             detections.append(
-                {
-                    "boxes_xyxy_px": kept_boxes[keep].float(),
-                    "scores": kept_scores[keep].float(),
-                    "labels": labels[keep],
-                }
+                best_detections(
+                    boxes,
+                    scores,
+                    score_threshold=score_threshold,
+                    nms_threshold=nms_threshold,
+                    detections_per_image=detections_per_image,
+                )
             )
         return detections

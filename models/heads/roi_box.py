@@ -50,7 +50,14 @@ from models.heads.open_vocab import OpenVocabClassifier, phrase_candidates
 from models.ops import concat_boxes, multilevel_roi_align, zero_weighted
 from models.targets import Targets
 
-__all__ = ["BOX_LEVELS", "MIN_BOX_SIDE", "RoIBoxHead", "RoIHeadBase", "Samples"]
+__all__ = [
+    "BOX_LEVELS",
+    "MIN_BOX_SIDE",
+    "RoIBoxHead",
+    "RoIHeadBase",
+    "Samples",
+    "best_detections",
+]
 
 BOX_LEVELS = (2, 5)  # RoI features from P2..P5 (P6 feeds the RPN only)
 MIN_BOX_SIDE = 1e-2  # inference drops boxes narrower than this, as torchvision's R-CNN
@@ -275,18 +282,37 @@ class RoIBoxHead(RoIHeadBase):
                                  strict=True):  # fmt: skip
             boxes = clip_boxes_to_image(boxes, image_size)  # (P, 4)
             scores = (p * obj[:, None].float()).sqrt()  # (P, C)
-            candidates = (scores > score_threshold).nonzero()  # (K', 2): proposal, class
-            rows, labels = candidates[:, 0], candidates[:, 1]
-            kept_boxes, kept_scores = boxes[rows], scores[rows, labels]
-            large = remove_small_boxes(kept_boxes, MIN_BOX_SIDE)
-            kept_boxes, kept_scores, labels = kept_boxes[large], kept_scores[large], labels[large]
-            keep = batched_nms(kept_boxes, kept_scores, labels, nms_threshold)
-            keep = keep[:detections_per_image]
             detections.append(
-                {
-                    "boxes_xyxy_px": kept_boxes[keep].float(),
-                    "scores": kept_scores[keep].float(),
-                    "labels": labels[keep],
-                }
+                best_detections(
+                    boxes[:, None].expand(-1, scores.shape[1], 4),
+                    scores,
+                    score_threshold=score_threshold,
+                    nms_threshold=nms_threshold,
+                    detections_per_image=detections_per_image,
+                )
             )
         return detections
+
+
+def best_detections(
+    boxes: Tensor,
+    scores: Tensor,
+    *,
+    score_threshold: float,
+    nms_threshold: float,
+    detections_per_image: int,
+) -> dict[str, Tensor]:
+    """One image's detections from (P, C, 4) boxes and (P, C) scores of P RoIs for C classes:
+    the (RoI, class) pairs above ``score_threshold`` whose box is not degenerate, class-wise
+    NMS, the best ``detections_per_image`` (torchvision's `postprocess_detections`)."""
+    candidates = (scores > score_threshold).nonzero()  # (K', 2): proposal, class
+    rows, labels = candidates[:, 0], candidates[:, 1]
+    kept_boxes, kept_scores = boxes[rows, labels], scores[rows, labels]
+    large = remove_small_boxes(kept_boxes, MIN_BOX_SIDE)
+    kept_boxes, kept_scores, labels = kept_boxes[large], kept_scores[large], labels[large]
+    keep = batched_nms(kept_boxes, kept_scores, labels, nms_threshold)[:detections_per_image]
+    return {
+        "boxes_xyxy_px": kept_boxes[keep].float(),
+        "scores": kept_scores[keep].float(),
+        "labels": labels[keep],
+    }

@@ -33,11 +33,10 @@ from typing import Any
 
 from torch import Tensor
 
-from models.backbone import ResNetFPN
 from models.heads.mask import build_mask_head, mask_loss, predict_masks
 from models.heads.roi_box import RoIBoxHead
-from models.heads.rpn import build_rpn
 from models.meta_arch.base import Detector
+from models.meta_arch.two_stage import build_backbone_and_rpn, rpn_ground_truth
 from models.targets import gather_targets
 
 __all__ = ["MaskRCNNStar"]
@@ -111,31 +110,24 @@ class MaskRCNNStar(Detector):
             nms_threshold=nms_threshold,
             detections_per_image=detections_per_image,
         )
-        self.backbone = ResNetFPN(
-            name=backbone,
-            weights=backbone_weights,
-            norm=backbone_norm,
+        self.backbone, self.rpn = build_backbone_and_rpn(
+            backbone=backbone,
+            backbone_weights=backbone_weights,
+            backbone_norm=backbone_norm,
             fpn_channels=fpn_channels,
-            levels="p2-p6",
-        )
-        self.strides = tuple(self.backbone.strides)
-        if len(anchor_sizes) != len(self.strides):
-            raise ValueError(
-                f"anchor_sizes: expected one per level P2..P6 ({len(self.strides)}), got "
-                f"{tuple(anchor_sizes)}"
-            )
-        self.rpn = build_rpn(
-            in_channels=fpn_channels,
             anchor_sizes=anchor_sizes,
             aspect_ratios=aspect_ratios,
-            fg_iou=rpn_fg_iou,
-            bg_iou=rpn_bg_iou,
-            batch_size=rpn_batch_size,
-            positive_fraction=rpn_positive_fraction,
-            pre_nms_topk=(rpn_pre_nms_topk_train, rpn_pre_nms_topk_test),
-            post_nms_topk=(rpn_post_nms_topk_train, rpn_post_nms_topk_test),
-            nms_threshold=rpn_nms_threshold,
+            rpn_fg_iou=rpn_fg_iou,
+            rpn_bg_iou=rpn_bg_iou,
+            rpn_batch_size=rpn_batch_size,
+            rpn_positive_fraction=rpn_positive_fraction,
+            rpn_pre_nms_topk_train=rpn_pre_nms_topk_train,
+            rpn_pre_nms_topk_test=rpn_pre_nms_topk_test,
+            rpn_post_nms_topk_train=rpn_post_nms_topk_train,
+            rpn_post_nms_topk_test=rpn_post_nms_topk_test,
+            rpn_nms_threshold=rpn_nms_threshold,
         )
+        self.strides = tuple(self.backbone.strides)
         self.roi_heads = RoIBoxHead(
             in_channels=fpn_channels,
             text_dim=text_dim,
@@ -157,10 +149,7 @@ class MaskRCNNStar(Detector):
     ) -> dict[str, Tensor]:
         gt = gather_targets(targets, self.text_dim, image_size)
         features = self.backbone(images)
-        gt_boxes = [
-            boxes if annotated else None
-            for boxes, annotated in zip(gt.boxes_per_image, gt.boxes_annotated, strict=True)
-        ]
+        gt_boxes = rpn_ground_truth(gt)
         proposals, _, rpn_losses = self.rpn(images, image_size, features, gt_boxes)
         box_losses = self.roi_heads.losses(features, proposals, gt)
         image_labels = self.roi_heads.image_label_loss(features, proposals, gt, image_size)

@@ -49,13 +49,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from alp_curation.phrases import phrase_id
-from models.backbone import ResNetFPN
 from models.heads.class_roi_box import ClassRoIBoxHead
 from models.heads.mask import build_mask_head, predict_masks
 from models.heads.roi_box import BOX_LEVELS, Samples
-from models.heads.rpn import build_rpn
 from models.heads.weight_transfer import MaskXPredictor, WeightTransfer
 from models.meta_arch.base import Detector
+from models.meta_arch.two_stage import build_backbone_and_rpn, rpn_ground_truth
 from models.ops import multilevel_roi_align, roi_align, zero_weighted
 from models.targets import Targets, gather_targets
 
@@ -135,31 +134,24 @@ class MaskXRCNN(Detector):
         self.transfer_input = transfer_input
         self.stop_gradient = stop_gradient
         num_classes = len(self.class_names)
-        self.backbone = ResNetFPN(
-            name=backbone,
-            weights=backbone_weights,
-            norm=backbone_norm,
+        self.backbone, self.rpn = build_backbone_and_rpn(
+            backbone=backbone,
+            backbone_weights=backbone_weights,
+            backbone_norm=backbone_norm,
             fpn_channels=fpn_channels,
-            levels="p2-p6",
-        )
-        self.strides = tuple(self.backbone.strides)
-        if len(anchor_sizes) != len(self.strides):
-            raise ValueError(
-                f"anchor_sizes: expected one per level P2..P6 ({len(self.strides)}), got "
-                f"{tuple(anchor_sizes)}"
-            )
-        self.rpn = build_rpn(
-            in_channels=fpn_channels,
             anchor_sizes=anchor_sizes,
             aspect_ratios=aspect_ratios,
-            fg_iou=rpn_fg_iou,
-            bg_iou=rpn_bg_iou,
-            batch_size=rpn_batch_size,
-            positive_fraction=rpn_positive_fraction,
-            pre_nms_topk=(rpn_pre_nms_topk_train, rpn_pre_nms_topk_test),
-            post_nms_topk=(rpn_post_nms_topk_train, rpn_post_nms_topk_test),
-            nms_threshold=rpn_nms_threshold,
+            rpn_fg_iou=rpn_fg_iou,
+            rpn_bg_iou=rpn_bg_iou,
+            rpn_batch_size=rpn_batch_size,
+            rpn_positive_fraction=rpn_positive_fraction,
+            rpn_pre_nms_topk_train=rpn_pre_nms_topk_train,
+            rpn_pre_nms_topk_test=rpn_pre_nms_topk_test,
+            rpn_post_nms_topk_train=rpn_post_nms_topk_train,
+            rpn_post_nms_topk_test=rpn_post_nms_topk_test,
+            rpn_nms_threshold=rpn_nms_threshold,
         )
+        self.strides = tuple(self.backbone.strides)
         self.roi_heads = ClassRoIBoxHead(
             in_channels=fpn_channels,
             num_classes=num_classes,
@@ -283,10 +275,7 @@ class MaskXRCNN(Detector):
     ) -> dict[str, Tensor]:
         gt = gather_targets(targets, self.text_dim, image_size)
         gt_classes = self.classes_of(gt.phrase_ids)  # (M,)
-        gt_boxes = [
-            boxes if annotated else None
-            for boxes, annotated in zip(gt.boxes_per_image, gt.boxes_annotated, strict=True)
-        ]
+        gt_boxes = rpn_ground_truth(gt)
         detector_frozen = self.train_stage == "masks"
         with torch.no_grad() if detector_frozen else contextlib.nullcontext():
             features = self.backbone(images)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from pathlib import Path
 
 import pytest
 
@@ -172,6 +173,7 @@ def test_flags_of_each_kind_parse() -> None:
         (["--arch", "mask-rcnn-star", "--rpn-bg-iou", "0.8"], "--rpn-bg-iou"),
         (["--mask-roi-size", "14"], "--mask-roi-size"),  # hourglass20 halves it twice
         (["--alp-supervision", "captions"], "--alp-supervision"),
+        (["--class-split", "coco_vocc"], "--class-split"),
     ],
 )
 def test_bad_values_exit_2_naming_the_flag(
@@ -190,6 +192,14 @@ def test_config_dicts_round_trip_and_reject_unknown_fields() -> None:
     assert config_to_dict(model)["size_ranges"] == [64, 128, 256, 512]  # JSON: lists
     with pytest.raises(ValueError, match="no fields \\['depth'\\]"):
         config_from_dict(ModelConfig, {"depth": 3}, where="ckpt.pt")
+
+
+def test_class_split_is_a_named_split_or_a_csv_file(tmp_path: Path) -> None:
+    assert resolve_config(["--class-split", "coco_voc"])[1].class_split == "coco_voc"
+    classes = tmp_path / "oid_classes.csv"
+    classes.write_text("/m/01g317,Person\n/m/04rmv,Mouse\n")
+    assert resolve_config(["--class-split", str(classes)])[1].class_split == str(classes)
+    assert resolve_config(["--split", str(classes)])[1].class_split == str(classes)  # its alias
 
 
 def test_last_step_is_max_steps_when_given() -> None:

@@ -178,9 +178,11 @@ def test_oid_class_without_ground_truth_and_image_labels() -> None:
 
 
 def test_oid_box_only_instance_is_an_ignored_region() -> None:
+    # The challenge's second stage (tests/models/test_open_images_eval.py has the other cases):
+    # a detection whose box has IoU >= 0.5 with a box-only instance is neither TP nor FP.
     box_only = ann(1, 1, 1, rect(0, 5, 0, 5), has_mask=False)
     gt = gt_dict([box_only, ann(2, 1, 1, rect(5, 10, 5, 10))], n_images=1)
-    detections = [dets(1, [(1, 0.9, rect(1, 4, 1, 4)), (1, 0.5, rect(5, 10, 5, 10))])]
+    detections = [dets(1, [(1, 0.9, rect(0, 5, 0, 4)), (1, 0.5, rect(5, 10, 5, 10))])]
     out = oid_mask_ap50(gt, detections, base_category_ids=[1], novel_category_ids=[])
     assert out["per_class"][1] == {"name": "class1", "ap50": 1.0, "num_gt": 1, "num_detections": 1}
 
