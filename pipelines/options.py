@@ -8,6 +8,8 @@ from importlib import metadata
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from alp_curation.flags import class_list  # noqa: F401  (the pipelines' class-list flag type)
+
 # Beam's local Python runner. DirectRunner would first try to download the Prism runner, which
 # fails without network; DataflowRunner, FlinkRunner, ... are chosen with --runner at scale.
 DEFAULT_RUNNER = "FnApiRunner"
@@ -25,18 +27,6 @@ def non_negative_float(text: str) -> float:
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
     return value
-
-
-def class_list(text: str) -> tuple[str, ...]:
-    """ "dog, sofa,red car" -> ("dog", "sofa", "red car"), as `models.evaluate` reads its
-    --base-classes / --novel-classes; an empty or repeated name is an error."""
-    names = tuple(part.strip() for part in text.split(","))
-    if not all(names):
-        raise argparse.ArgumentTypeError(f"class list {text!r} holds an empty name")
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise argparse.ArgumentTypeError(f"class list {text!r} repeats {repeated}")
-    return names
 
 
 def add_runner_flag(parser: argparse.ArgumentParser) -> None:
