@@ -37,8 +37,25 @@ RENAMED: dict[str, str] = {
 }
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keeps the description's line breaks and shows every flag's default."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's line breaks and shows each flag's default: "(default: X)" is
+    added unless the help already says its default, or the default is None / False / SUPPRESS
+    (an optional path, an off switch)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or default is None
+            or default is False
+            or default is argparse.SUPPRESS
+            or not action.option_strings
+        ):
+            return text
+        shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+        # help strings are %-format strings: the default's own text must not be read as one
+        return text + f" (default: {shown})".replace("%", "%%")
 
 
 def renamed_argv(

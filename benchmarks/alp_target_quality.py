@@ -39,6 +39,7 @@ from torchvision.models.detection._utils import Matcher
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import box_iou
 
+from alp_curation import flags
 from alp_dataset.schema import ALPS_DIR
 from models.architectures import FCOSMOConfig, MaskRCNNStarConfig
 from models.heads.fcos_targets import fcos_match, level_ranges, locations
@@ -126,11 +127,13 @@ def rcnn_counts(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=flags.HelpFormatter
+    )
     parser.add_argument("--world", type=Path, required=True, help="world with ground_truth.jsonl")
     parser.add_argument("--alps", type=Path, required=True, help="extract_alps output of it")
     parser.add_argument("--image-size", type=int, default=128, help="training side, px")
-    args = parser.parse_args()
+    args = flags.parse_args(parser)
     size = args.image_size
     cfg = MaskRCNNStarConfig()
     generator = anchor_generator(cfg.anchor_sizes, cfg.aspect_ratios)

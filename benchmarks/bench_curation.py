@@ -18,6 +18,7 @@ import time
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
+from alp_curation import flags  # noqa: E402
 from alp_curation.curate import curate_record  # noqa: E402
 from alp_curation.locnar import parse_record  # noqa: E402
 from alp_curation.quality import Mention, match_mentions, summarise  # noqa: E402
@@ -26,15 +27,19 @@ from alp_dataset.synthetic import make_world  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n-narratives", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--spacy-model", default="en_core_web_sm")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=flags.HelpFormatter
+    )
+    parser.add_argument(
+        "--n-narratives", type=int, default=1000, help="synthetic narratives curated"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="synthetic world seed")
+    parser.add_argument("--spacy-model", default="en_core_web_sm", help="spaCy pipeline")
     parser.add_argument("--batch-size", type=int, default=256, help="captions per spaCy batch")
     parser.add_argument(
         "--paddings", default="0,0.25,0.5,1.0", help="temporal paddings to score, comma-separated"
     )
-    args = parser.parse_args()
+    args = flags.parse_args(parser)
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 

@@ -46,6 +46,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from torch.utils.data import DataLoader, default_collate
 
+from alp_curation import flags
 from alp_dataset.datasets import AlpShardDataset, CocoShardDataset, decode_coco_sample
 from alp_dataset.loader import make_loader
 from alp_dataset.synthetic import write_world
@@ -153,19 +154,21 @@ def raw_loader(urls: list[str], json_name: str, workers: int, batch: int) -> Dat
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n-images", type=int, default=320)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=flags.HelpFormatter
+    )
+    parser.add_argument("--n-images", type=int, default=320, help="images of the synthetic world")
     parser.add_argument("--shards", type=int, default=8, help="about this many shards")
-    parser.add_argument("--size", type=int, default=512, help="LSJ output side")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--image-size", type=int, default=512, help="LSJ output side, px")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per batch")
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs (best counts)")
     parser.add_argument("--png", action="store_true", help="keep the world's PNG images")
     parser.add_argument("--no-alps", action="store_true", help="skip the ALP shards")
     parser.add_argument(
-        "--workers", default="0,2", help="DataLoader worker counts, comma-separated (0,2)"
+        "--num-workers", default="0,2", help="DataLoader worker counts, comma-separated"
     )
-    args = parser.parse_args()
-    worker_counts = [int(n) for n in args.workers.split(",") if n.strip()]
+    args = flags.parse_args(parser)
+    worker_counts = [int(n) for n in args.num_workers.split(",") if n.strip()]
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -183,11 +186,11 @@ def main() -> None:
         fmt = "JPEG q90" if not args.png else "PNG"
         print(
             f"{args.n_images} images 640 x 480 ({fmt}), ~{shard_size} per shard, batch "
-            f"{args.batch_size}, LSJ to {args.size} x {args.size}; torch threads in the main "
-            f"process {torch.get_num_threads()}, 1 per worker; setup {setup:.0f} s"
+            f"{args.batch_size}, LSJ to {args.image_size} x {args.image_size}; torch threads in "
+            f"the main process {torch.get_num_threads()}, 1 per worker; setup {setup:.0f} s"
         )
         rows = []
-        transform = TrainTransform(size=args.size)
+        transform = TrainTransform(size=args.image_size)
         for name, urls, json_name, dataset_type in kinds:
             for workers in worker_counts:
                 # The world's images share one size, so batches stack even without a transform.

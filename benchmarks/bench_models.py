@@ -55,6 +55,8 @@ import alp_curation.torchvision_fix  # before any torchvision import
 import torch
 from torch import nn
 
+from alp_curation import flags
+
 REFERENCES = {
     "mask-rcnn-star": "maskrcnn_resnet50_fpn",
     "fcos-mo": "fcos_resnet50_fpn",
@@ -158,7 +160,7 @@ class Side:
         self.optimizer = torch.optim.SGD(
             [p for p in self.model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9
         )
-        self.images, self.targets = synthetic_batch(args.batch, args.size, TEXT_DIM)
+        self.images, self.targets = synthetic_batch(args.batch_size, args.image_size, TEXT_DIM)
         self.floats = [image.float() / 255 for image in self.images]  # torchvision's input
         self.ref_targets = reference_targets(self.targets, arch in WITH_MASKS)
         self.classes = torch.nn.functional.normalize(torch.randn(80, TEXT_DIM), dim=1)
@@ -167,7 +169,7 @@ class Side:
             self.classes = torch.eye(FIXED_CLASSES)  # one-hot queries: every class
 
     def _build(self) -> nn.Module:
-        size = self.args.size
+        size = self.args.image_size
         if self.reference:
             from torchvision.models import detection
 
@@ -256,7 +258,9 @@ def _child(arch: str, reference: bool) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=flags.HelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=5, help="timed training steps (median)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--infer", type=int, default=5, help="timed inference images (median)")
@@ -264,12 +268,12 @@ def main() -> None:
     parser.add_argument(
         "--archs",
         default=",".join(REFERENCES),
-        help=f"comma-separated, of {sorted(REFERENCES)} (default: all)",
+        help=f"comma-separated, of {sorted(REFERENCES)}",
     )
-    parser.add_argument("--size", type=int, default=512, help="image side in px")
-    parser.add_argument("--batch", type=int, default=2, help="images per training step")
+    parser.add_argument("--image-size", type=int, default=512, help="image side in px")
+    parser.add_argument("--batch-size", type=int, default=2, help="images per training step")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: ARCH:REFERENCE alone
-    args = parser.parse_args()
+    args = flags.parse_args(parser)
     global ARGS
     ARGS = args
     if args.threads:
@@ -293,7 +297,7 @@ def main() -> None:
     threads = args.threads or torch.get_num_threads()
     print(
         f"ours vs torchvision on CPU, ResNet-50 FPN, random weights, torch {torch.__version__}, "
-        f"{threads} thread(s); training: batch {args.batch} x {args.size} px, median of "
+        f"{threads} thread(s); training: batch {args.batch_size} x {args.image_size} px, median of "
         f"{args.steps} interleaved steps after {args.warmup}; inference: 1 image, median of "
         f"{args.infer}"
         + (

@@ -24,6 +24,7 @@ from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 
+from alp_curation import flags
 from alp_dataset.open_images import SEGMENTATION_COLUMNS, read_class_descriptions
 from alp_dataset.synthetic.oid_export import write_oid_world
 from pipelines.mask_files import MaskStore
@@ -94,14 +95,16 @@ def time_build_sample(world, size: tuple[int, int]) -> tuple[float, int]:  # typ
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=flags.HelpFormatter
+    )
     parser.add_argument("--n-images", type=int, default=2000, help="images of the export")
     parser.add_argument("--seed", type=int, default=0, help="world seed")
+    parser.add_argument("--image-size", default="256x256", help="image WIDTHxHEIGHT")
     parser.add_argument(
-        "--image-size", default="256x256", help="image WIDTHxHEIGHT (default: %(default)s)"
+        "--work-dir", type=Path, help="keep inputs and outputs here (default: a temporary folder)"
     )
-    parser.add_argument("--work-dir", type=Path, help="keep inputs and outputs here (temp)")
-    args = parser.parse_args()
+    args = flags.parse_args(parser)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="alp-bench-oid-"))
     start = time.perf_counter()
     size = tuple(int(v) for v in args.image_size.split("x"))

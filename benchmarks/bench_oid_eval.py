@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from alp_curation import flags
 from models.evaluation import ImageDetections, ImageLabels, oid_mask_ap50
 
 
@@ -95,25 +96,29 @@ def make_case(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=flags.HelpFormatter
+    )
     parser.add_argument("--n-images", type=int, default=1000, help="images evaluated")
-    parser.add_argument("--detections", type=int, default=100, help="detections per image")
-    parser.add_argument("--classes", type=int, default=300, help="classes (the first 60 parents)")
-    parser.add_argument("--size", default="1024x768", help="image WIDTHxHEIGHT")
-    parser.add_argument("--repeat", type=int, default=2, help="timed runs; the best is shown")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    parser.add_argument(
+        "--detections-per-image", type=int, default=100, help="detections per image"
+    )
+    parser.add_argument("--n-classes", type=int, default=300, help="classes (the first 60 parents)")
+    parser.add_argument("--image-size", default="1024x768", help="image WIDTHxHEIGHT")
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs; the best is shown")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the made-up detections")
+    args = flags.parse_args(parser)
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-    width, height = (int(v) for v in args.size.split("x"))
+    width, height = (int(v) for v in args.image_size.split("x"))
     start = time.perf_counter()
     gt, dets, labels, hierarchy = make_case(
-        args.n_images, args.detections, classes=args.classes, width=width, height=height,
-        seed=args.seed,
+        args.n_images, args.detections_per_image, classes=args.n_classes, width=width,
+        height=height, seed=args.seed,
     )  # fmt: skip
     print(f"made the case in {time.perf_counter() - start:.1f} s", file=sys.stderr)
-    ids = list(range(1, args.classes + 1))
+    ids = list(range(1, args.n_classes + 1))
     runs = []
-    for _ in range(args.repeat):
+    for _ in range(args.repeats):
         start = time.perf_counter()
         out = oid_mask_ap50(gt, dets, base_category_ids=ids[:60], novel_category_ids=ids[60:],
                             image_labels=labels, hierarchy=hierarchy)  # fmt: skip
@@ -122,13 +127,14 @@ def main() -> None:
     n_masks = sum(1 for a in gt["annotations"] if a.get("has_mask", True))
     evaluated = sum(v["num_detections"] for v in out["per_class"].values())
     print(
-        f"oid_mask_ap50 on {args.n_images:,} images of {width} x {height}, {args.classes} classes "
-        f"(60 parents), {n_masks:,} masks, {args.detections} detections each; one CPU"
+        f"oid_mask_ap50 on {args.n_images:,} images of {width} x {height}, {args.n_classes} "
+        f"classes (60 parents), {n_masks:,} masks, {args.detections_per_image} detections "
+        "each; one CPU"
     )
     print(f"{'images':>7} {'dets/img':>9} {'dets evaluated':>15} {'seconds':>8} "
           f"{'s / 1,000 images':>17} {'dets/s':>8}")  # fmt: skip
-    per_1000, rate = best * 1000 / args.n_images, args.n_images * args.detections / best
-    print(f"{args.n_images:>7,} {args.detections:>9} {evaluated:>15,} {best:>8.2f} "
+    per_1000, rate = best * 1000 / args.n_images, args.n_images * args.detections_per_image / best
+    print(f"{args.n_images:>7,} {args.detections_per_image:>9} {evaluated:>15,} {best:>8.2f} "
           f"{per_1000:>17.2f} {rate:>8,.0f}")  # fmt: skip
     print(
         f"mean AP50 {out['all']:.3f} (synthetic detections); runs: "

@@ -27,6 +27,7 @@ import threading
 import time
 from pathlib import Path
 
+from alp_curation import flags
 from alp_dataset.synthetic import write_world
 
 STAGES = ("parse", "tag", "extract", "embed", "write")
@@ -106,25 +107,31 @@ def run_code(checkout: Path | None, argv: list[str]) -> tuple[float, int, dict, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=flags.HelpFormatter
+    )
     parser.add_argument("--sizes", default="2000,8000,20000", help="narratives per run")
-    parser.add_argument("--workers", default="1,2", help="worker counts (1: in-process)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--text-encoder", default="minilm")
+    parser.add_argument(
+        "--num-workers",
+        default="1,2",
+        help="local pipeline worker processes to time, comma-separated (1: in-process)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="synthetic world seed")
+    parser.add_argument("--text-encoder", default="minilm", help="text encoder spec")
     parser.add_argument(
         "--before", type=Path, help="a checkout of the code to compare against (run first)"
     )
     parser.add_argument(
-        "--work-dir", type=Path, help="keep inputs and outputs here (default: temp)"
+        "--work-dir", type=Path, help="keep inputs and outputs here (default: a temporary folder)"
     )
     parser.add_argument(
         "--skip-warm-up",
         action="store_true",
         help="the cache under --work-dir is already warm (an earlier run of this script)",
     )
-    args = parser.parse_args()
+    args = flags.parse_args(parser)
     sizes = sorted(int(n) for n in args.sizes.split(","))
-    worker_counts = [int(n) for n in args.workers.split(",")]
+    worker_counts = [int(n) for n in args.num_workers.split(",")]
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="alp-bench-"))
     world = write_world(work / "world", sizes[-1], seed=args.seed, images=False)

@@ -36,6 +36,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from alp_curation import flags
+
 QUERIES = ("top 20 phrases", "top 20, by phrase_id", "plain group_by.len", "ALPs of one image")
 DATASET_ID = "bench"
 PHRASE_DIM = 16  # the queries timed here never read embeddings; a narrow table keeps setup quick
@@ -317,15 +319,17 @@ def _size_mib(root: Path) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=5_000_000, help="ALP rows (5,000,000)")
-    parser.add_argument("--files", type=int, default=50, help="ALP Parquet files (50)")
-    parser.add_argument("--phrases", type=int, default=200_000, help="distinct phrases (200,000)")
-    parser.add_argument("--images", type=int, default=1_000_000, help="distinct images (1,000,000)")
-    parser.add_argument("--zipf", type=float, default=1.0, help="Zipf exponent of phrases (1.0)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cold-runs", type=int, default=3, help="fresh processes per query (3)")
-    parser.add_argument("--repeats", type=int, default=5, help="warm answers per process (5)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=flags.HelpFormatter
+    )
+    parser.add_argument("--n-rows", type=int, default=5_000_000, help="ALP rows")
+    parser.add_argument("--n-files", type=int, default=50, help="ALP Parquet files")
+    parser.add_argument("--n-phrases", type=int, default=200_000, help="distinct phrases")
+    parser.add_argument("--n-images", type=int, default=1_000_000, help="distinct images")
+    parser.add_argument("--zipf", type=float, default=1.0, help="Zipf exponent of phrases")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated run")
+    parser.add_argument("--cold-runs", type=int, default=3, help="fresh processes per query")
+    parser.add_argument("--repeats", type=int, default=5, help="warm answers per process")
     parser.add_argument(
         "--work-dir",
         type=Path,
@@ -334,7 +338,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--measure", choices=QUERIES, help=argparse.SUPPRESS)
     parser.add_argument("--image-id", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    args = flags.parse_args(parser, argv)
 
     if args.measure is not None:  # the child process of one measurement
         print(json.dumps(measure(args.work_dir, args.measure, args.image_id, args.repeats)))
@@ -347,10 +351,10 @@ def main(argv: list[str] | None = None) -> None:
             start = time.perf_counter()
             generate(
                 out,
-                rows=args.rows,
-                files=args.files,
-                n_phrases=args.phrases,
-                n_images=args.images,
+                rows=args.n_rows,
+                files=args.n_files,
+                n_phrases=args.n_phrases,
+                n_images=args.n_images,
                 zipf=args.zipf,
                 seed=args.seed,
             )
@@ -370,7 +374,7 @@ def main(argv: list[str] | None = None) -> None:
             f"polars {first['polars']} ({first['threads']} threads), "
             f"{manifest['counts']['alps']:,} ALP rows in {len(manifest['files']['alps'])} files "
             f"({_size_mib(out):,.0f} MiB, zstd), {manifest['counts']['unique_phrases']:,} phrases "
-            f"(Zipf {args.zipf:g}), ~{args.images:,} images; data {generated}"
+            f"(Zipf {args.zipf:g}), ~{args.n_images:,} images; data {generated}"
         )
         print(
             f"{'query':<22} {'cold (s)':>9} {'warm (s)':>9} {'peak RSS (MiB)':>15} {'rows out':>9}"

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from alp_curation import flags
 from alp_curation.encoders import MiniLMEncoder, OpenClipEncoder, TextEncoder
 from alp_curation.prompts import fill_templates
 
@@ -111,7 +112,9 @@ def time_encoder(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=flags.HelpFormatter
+    )
     parser.add_argument("--n-texts", type=int, default=512, help="prompts encoded per encoder")
     parser.add_argument("--batch-size", type=int, default=64, help="the encoders' batch size")
     parser.add_argument(
@@ -128,12 +131,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--encoders",
         default="clip,minilm",
-        help="comma-separated: clip, minilm (default both)",
+        help="comma-separated: clip, minilm",
     )
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads (default: torch's)"
+        "--threads", type=int, default=None, help="torch threads (None: torch's default)"
     )
-    args = parser.parse_args(argv)
+    args = flags.parse_args(parser, argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 

@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from alp_curation import flags
+
 WAYS = ("discovery on", "as shipped")
 CAPTIONS = [
     "In this picture we can see a red car and two small dogs on the grass.",
@@ -86,11 +88,13 @@ def run_worker(way: str, encoder: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=5, help="processes per way (5)")
-    parser.add_argument("--encoder", default="minilm", help="text encoder spec (minilm)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=flags.HelpFormatter
+    )
+    parser.add_argument("--runs", type=int, default=5, help="processes per way")
+    parser.add_argument("--encoder", default="minilm", help="text encoder spec")
     parser.add_argument("--worker", choices=WAYS, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    args = flags.parse_args(parser, argv)
     if args.worker is not None:
         print(json.dumps(worker(args.worker, args.encoder)))
         return

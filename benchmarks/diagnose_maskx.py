@@ -32,6 +32,7 @@ import alp_curation.torchvision_fix  # noqa: F401  (before any torchvision impor
 import torch
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
+from alp_curation import flags
 from alp_dataset.loader import make_loader
 from models.engine.checkpoint import load_model
 from models.evaluate import eval_dataset
@@ -110,7 +111,7 @@ def detection_weight_drift(
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__.split("\n\n")[0], formatter_class=flags.HelpFormatter
     )
     parser.add_argument(
         "--checkpoint",
@@ -134,17 +135,15 @@ def main() -> None:
         metavar="C,D",
         help="set B: the classes that had boxes only",
     )
-    parser.add_argument(
-        "--per-class", action="store_true", help="also one row per class of B (default: off)"
-    )
+    parser.add_argument("--per-class", action="store_true", help="also one row per class of B")
     parser.add_argument(
         "--drift-from",
         type=Path,
         metavar="CKPT",
         help="instead of masks: how far each checkpoint's detection weights of A and of B "
-        "moved from this one's (e.g. the stage-one detector); default: off",
+        "moved from this one's (e.g. the stage-one detector)",
     )
-    args = parser.parse_args()  # fmt: skip
+    args = flags.parse_args(parser)  # fmt: skip
     torch.set_num_threads(1)
     base, novel = args.base_classes.split(","), args.novel_classes.split(",")
     if args.drift_from is not None:

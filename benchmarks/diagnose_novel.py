@@ -30,6 +30,7 @@ import alp_curation.torchvision_fix  # noqa: F401  (before any torchvision impor
 import torch
 from torchvision.ops import box_iou
 
+from alp_curation import flags
 from alp_dataset.loader import make_loader
 from models.engine.checkpoint import load_model
 from models.evaluate import eval_dataset
@@ -98,12 +99,20 @@ def diagnose(checkpoint: Path, shards: str, base: list[str], novel: list[str]) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", type=Path, nargs="+", required=True)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=flags.HelpFormatter
+    )
+    parser.add_argument(
+        "--checkpoint", type=Path, nargs="+", required=True, help="checkpoints to diagnose"
+    )
     parser.add_argument("--shards", required=True, help="evaluation COCO shards (all classes)")
-    parser.add_argument("--base-classes", required=True, metavar="A,B")
-    parser.add_argument("--novel-classes", required=True, metavar="C,D")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--base-classes", required=True, metavar="A,B", help="classes that had training masks"
+    )
+    parser.add_argument(
+        "--novel-classes", required=True, metavar="C,D", help="classes held out of the masks"
+    )
+    args = flags.parse_args(parser)
     torch.set_num_threads(1)
     base, novel = args.base_classes.split(","), args.novel_classes.split(",")
     print("| checkpoint | classes | instances | top class right | top class right (no bg) "

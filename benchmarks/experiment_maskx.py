@@ -65,6 +65,7 @@ from typing import Any
 
 from experiment_runs import coco_shards, train_once
 
+from alp_curation import flags
 from alp_dataset.synthetic import DEFAULT_CLASSES, write_world
 
 A_CLASSES = DEFAULT_CLASSES[::4]  # circle, heart, crown, gear: masks and boxes
@@ -335,7 +336,7 @@ def print_trends(results: dict[str, dict[str, Any]]) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__.split("\n\n")[0], formatter_class=flags.HelpFormatter
     )
     parser.add_argument(
         "--work-dir",
@@ -413,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = flags.parse_args(build_parser(), argv)
     work: Path = args.work_dir
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

@@ -25,6 +25,8 @@ import threading
 import tracemalloc
 from pathlib import Path
 
+from alp_curation import flags
+
 GROWTH = 1.05  # a new snapshot when the traced size has grown this much since the last
 OURS = ("apache_beam", "pipelines", "alp_curation", "alp_dataset")
 
@@ -54,13 +56,15 @@ def main(argv: list[str] | None = None) -> int:
     raw = sys.argv[1:] if argv is None else argv
     cut = raw.index("--") if "--" in raw else len(raw)
     ours, pipeline_argv = raw[:cut], raw[cut + 1 :]
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--top", type=int, default=12, help="allocation sites shown (12)")
-    parser.add_argument("--depth", type=int, default=3, help="frames shown per site (3)")
-    parser.add_argument("--interval", type=float, default=0.5, help="sampling period, s (0.5)")
-    parser.add_argument("--frames", type=int, default=12, help="frames kept per trace (12)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=flags.HelpFormatter
+    )
+    parser.add_argument("--top", type=int, default=12, help="allocation sites shown")
+    parser.add_argument("--depth", type=int, default=3, help="frames shown per site")
+    parser.add_argument("--interval", type=float, default=0.5, help="sampling period, s")
+    parser.add_argument("--frames", type=int, default=12, help="frames kept per trace")
     parser.add_argument("--checkout", type=Path, help="run the code of this checkout")
-    args = parser.parse_args(ours)
+    args = flags.parse_args(parser, ours)
     if not pipeline_argv:
         parser.error("give the pipeline's arguments after --")
     if args.checkout is not None:
