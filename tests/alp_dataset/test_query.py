@@ -373,7 +373,7 @@ def run_example(example: Example, namespace: dict[str, Any]) -> str:
         else:
             for command in example.code.replace("\\\n", " ").splitlines():
                 argv = shlex.split(command)
-                if argv[:3] == ["python", "-m", "alp_dataset.inspect"]:
+                if Path(argv[0]).name == "python" and argv[1:3] == ["-m", "alp_dataset.inspect"]:
                     assert inspect_main(argv[3:]) == 0, command
     return out.getvalue()
 
