@@ -35,8 +35,12 @@ PYTHON = {"python", "py"}
 # Sizes of long blocks (see the module docstring).
 SMALL = {
     "N_IMAGES": "24",
-    "STEPS": "3",
     "N_NARRATIVES": "40",
+    "N_ROWS": "2000",
+    "N_TEXTS": "16",
+    "STEPS": "3",
+    "RUNS": "1",
+    "IMAGE_SIZE": "128",
 }
 BLOCK_TIMEOUT_S = 900
 # Blocks another test runs, and checks more closely than "it runs".
