@@ -6,7 +6,8 @@ losses are the means over the steps of the window (the steps since the previous 
 apart per source: with two sources that alternate, each line holds both, and a source without
 masks leaves the other's ``loss_mask`` alone. Under torchrun the sums and the step counts of
 every rank are added before dividing, so a source that had no step on a rank weighs nothing
-there. One line (format 2)::
+there; a source's ``steps`` are its optimiser steps in the window (the most any rank had: the
+ranks draw their sources in step). One line (format 2)::
 
     {
       "format": 2,
@@ -149,17 +150,20 @@ class Window:
         """The metrics.jsonl line of the window (module doc), over every rank; every rank must
         call it at the same step. Starts the next window."""
         names = self.loss_names or []
+        steps_here = self._sums[:, len(names)].clone()  # (S,): this rank's steps per source
         sums = _sum_over_ranks(self._sums)
+        most_steps = _max_over_ranks(steps_here).tolist()
         errors = _errors_over_ranks(self.sources, data_errors, self.device)
         sources: dict[str, dict[str, Any]] = {}
         total_steps = total_loss = all_hits = all_positives = 0.0
-        for source, row in zip(self.sources, sums.tolist(), strict=True):
+        for source, row, optimiser_steps in zip(self.sources, sums.tolist(), most_steps,
+                                                strict=True):  # fmt: skip
             losses, (steps, hits, positives) = row[: len(names)], row[len(names) :]
             if steps == 0:
                 continue
             means = {k: v / steps for k, v in zip(names, losses, strict=True)}
             sources[source] = {
-                "steps": round(steps),
+                "steps": round(optimiser_steps),
                 **means,
                 "loss_total": sum(means.values()),
                 "fg_accuracy": hits / positives if positives else None,
@@ -196,6 +200,13 @@ def _sum_over_ranks(value: Tensor) -> Tensor:
     if _distributed():
         value = value.clone()
         dist.all_reduce(value)
+    return value
+
+
+def _max_over_ranks(value: Tensor) -> Tensor:
+    if _distributed():
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return value
 
 
