@@ -38,6 +38,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from alp_curation import flags
 from alp_dataset.class_splits import SPLIT_NAMES, is_split_file
 from models.architectures import (
     ARCH_NAMES,
@@ -101,17 +102,18 @@ class TrainConfig:
             metavar="DIR_OR_URLS",
         ),
     )
-    output_dir: str = field(
+    output: str = field(
         default="",
         metadata=help_meta(
-            "folder for checkpoints, config.json and metrics.jsonl ('': runs/ARCH)",
+            "the run directory: checkpoints, config.json, metrics.jsonl and TensorBoard event "
+            "files ('': runs/ARCH)",
             metavar="DIR",
         ),
     )
     resume: str = field(
         default="",
         metadata=help_meta(
-            "continue a run exactly: a checkpoint path, or 'auto' for OUTPUT_DIR/last.pt when "
+            "continue a run exactly: a checkpoint path, or 'auto' for OUTPUT/last.pt when "
             "it exists; '' starts afresh (and refuses a folder that holds checkpoints)",
             metavar="PATH|auto",
         ),
@@ -141,13 +143,14 @@ class TrainConfig:
             "or a CSV of Open Images classes (alp_dataset.oid_classes); its COCO classes also "
             "name the classes of COCO shards without a manifest",
             metavar="SPLIT",
-            aliases=("--split",),
         ),
     )
     class_names: tuple[str, ...] = field(
         default=(),
         metadata=help_meta(
-            "COCO class names for shards given as a pattern without a manifest", metavar="NAME"
+            "COCO class names for shards given as a pattern without a manifest, "
+            "comma-separated (dog,sofa,red car)",
+            metavar="NAME,NAME",
         ),
     )
     batch_size: int = field(
@@ -231,7 +234,18 @@ class TrainConfig:
         default=5000, metadata=help_meta("save step_NNNNNNN.pt and last.pt every this many steps")
     )
     log_every: int = field(
-        default=20, metadata=help_meta("write a metrics.jsonl line every N steps")
+        default=20,
+        metadata=help_meta(
+            "write a metrics.jsonl line every N steps: per source, the mean of each loss over "
+            "its steps since the last line, and the foreground accuracy (models.run_log)"
+        ),
+    )
+    tensorboard: bool = field(
+        default=True,
+        metadata=help_meta(
+            "also write the metrics as TensorBoard event files in the run directory (needs "
+            "the tensorboard extra; without it a note says so and metrics.jsonl is written)"
+        ),
     )
     progress: bool = field(default=True, metadata=help_meta("show a progress bar"))
 
@@ -403,16 +417,44 @@ def build_parser(
     return parser
 
 
-def resolve_config(argv: Sequence[str] | None = None) -> tuple[DetectorConfig, TrainConfig]:
-    """Flags -> configs: dataclass defaults, then ``--preset``'s values, then explicit flags.
-    The model config is of the class ``--arch`` names.
+CLASS_LIST_FIELDS = ("class_names", "classes")  # comma-separated on the command line
 
-    Exits through argparse (status 2, the flag named) on unknown flags and bad values.
+
+def _split_class_lists(explicit: dict[str, Any], parser: argparse.ArgumentParser) -> None:
+    """``--class-names dog,sofa`` (the convention, `alp_curation.flags.class_list`) and the
+    older ``--class-names dog sofa`` both give ("dog", "sofa"); so does MaskX's ``--classes``."""
+    for name in CLASS_LIST_FIELDS:
+        if name not in explicit:
+            continue
+        names: list[str] = []
+        for value in explicit[name]:
+            try:
+                names.extend(flags.class_list(value))
+            except argparse.ArgumentTypeError as exc:
+                parser.error(f"argument {flag_name(name)}: {exc}")
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            parser.error(f"argument {flag_name(name)}: repeats {repeated}")
+        explicit[name] = tuple(names)
+
+
+def resolve_config(argv: Sequence[str] | None = None) -> tuple[DetectorConfig, TrainConfig]:
+    """Command-line flags (a list such as ``["--preset", "synthetic-small", "--shards",
+    "out/alps"]``; None reads ``sys.argv``) -> ``(model config, TrainConfig)``, the configs
+    `models.train.train` takes. A value is the dataclass default, then ``--preset``'s, then the
+    explicit flag's; the model config is of the class ``--arch`` names. Old flag spellings
+    (``--output-dir``, ``--split``, ...) are read as today's with a note
+    (`alp_curation.flags`).
+
+    Exits through argparse (SystemExit, status 2, the flag named) on unknown flags and bad
+    values, and with status 0 after ``--help``. From Python without a command line, build the
+    dataclasses directly: ``TrainConfig(shards=("out/alps",), steps=100)``.
     """
     arch = arch_of_argv(argv)
     parser = build_parser(arch)
-    explicit = vars(parser.parse_args(argv))
+    explicit = vars(flags.parse_args(parser, argv))
     explicit.pop("arch")
+    _split_class_lists(explicit, parser)
     preset = PRESETS.get(explicit.get("preset", ""))
     model_cls = get_architecture(arch).config
     names = {f.name for f in dataclasses.fields(model_cls)}

@@ -1,7 +1,7 @@
 """Train a detector on COCO masks and ALPs: ``python -m models.train --shards DIR [--shards DIR]``.
 
     python -m models.train --preset coco-voc --shards out/coco_voc --shards out/alps_coco \\
-        --backbone-weights r50.pth --output-dir runs/voc                 # FCOS-MO
+        --backbone-weights r50.pth --output runs/voc                     # FCOS-MO
     python -m models.train --arch mask-rcnn-star --preset coco-voc ...    # the Mask R-CNN*
     python -m models.train --arch maskx-rcnn --shards out/coco_maskx ...  # MaskX R-CNN
     torchrun --nproc-per-node 8 -m models.train --preset coco-voc ...     # DDP, one GPU a rank
@@ -17,11 +17,24 @@ Optimisation (`models.engine.schedule`): SGD or AdamW, linear warm-up then cosin
 ``--steps``; AMP with ``--amp`` (CUDA: fp16 + GradScaler; CPU: bf16 autocast); DDP under
 torchrun (NCCL on GPUs, gloo on CPUs; BN layers become SyncBN on GPUs).
 
-Output in ``--output-dir`` (default ``runs/ARCH``): ``step_NNNNNNN.pt`` every
-``--checkpoint-every`` steps and at the end, ``last.pt`` (a copy of the latest),
-``config.json`` (the resolved config) and ``metrics.jsonl`` (one line every ``--log-every``
-steps: step, lr, each loss and the total, seconds per step, samples/s, the batch's source, each
-source's epoch and bad-data counts).
+Output in the run directory ``--output`` (default ``runs/ARCH``; ``--output-dir`` is read as
+it, with a note): ``step_NNNNNNN.pt`` every ``--checkpoint-every`` steps and at the end,
+``last.pt`` (a copy of the latest), ``config.json`` (the resolved config), ``metrics.jsonl``
+(one line every ``--log-every`` steps: per source, the mean of each loss over its steps since
+the previous line and how many steps that is, the foreground classification accuracy, data
+errors, the learning rate and the speed; the format is `models.run_log`'s) and TensorBoard
+event files with the same scalars (``--no-tensorboard`` to skip them). ``python -m
+models.plot RUN_DIR`` draws the curves. The leader prints a banner when the run starts (device,
+world size, each source with its shard and sample counts, the text encoder, what
+``--init-from`` / ``--resume`` loaded) and a summary when it ends (each source's last losses,
+the time per step, the paths written), both on stderr.
+
+From Python::
+
+    from models.config import resolve_config
+    from models.train import train
+    model_cfg, train_cfg = resolve_config(["--preset", "synthetic-small", "--shards", "out/alps"])
+    last = train(model_cfg, train_cfg)       # Path of RUN_DIR/last.pt
 
 Exact resume: a checkpoint holds the model, optimiser, scheduler, scaler, step, the random
 generators and the position of the data stream (`DataStream.state_dict`); steps after a resume
@@ -58,12 +71,7 @@ from models.engine.checkpoint import (
     set_rng_state,
     write_config_json,
 )
-from models.engine.distributed import (
-    Distributed,
-    maybe_sync_batchnorm,
-    mean_over_ranks,
-    setup_distributed,
-)
+from models.engine.distributed import Distributed, maybe_sync_batchnorm, setup_distributed
 from models.engine.resume import (
     LAST,
     check_resumable,
@@ -81,18 +89,34 @@ from models.engine.sources import (
     resolve_text_encoder,
 )
 from models.engine.stream import DataStream
+from models.heads.diagnostics import TrainingLosses
+from models.run_log import (
+    METRICS,
+    ScalarWriter,
+    SourceLine,
+    Window,
+    banner,
+    open_tensorboard,
+    summary,
+    write_scalars,
+)
 from models.targets import TARGET_KEYS
 
-__all__ = ["DataStream", "TrainError", "describe_source", "main", "train"]
-
-METRICS = "metrics.jsonl"
+__all__ = ["METRICS", "DataStream", "TrainError", "describe_source", "main", "train"]
 
 
 def train(model_cfg: DetectorConfig, train_cfg: TrainConfig) -> Path:
-    """Run (or resume) training as the configs say; returns the path of ``last.pt``.
+    """Run (or resume) one training run; returns the path of ``RUN_DIR/last.pt``.
 
-    Raises TrainError for bad input (the message names the flag). Under torchrun, call it in
-    every process: it joins (and then leaves) the process group.
+    ``model_cfg`` is the config of the detector (`models.architectures`: ``FCOSMOConfig``,
+    ``MaskRCNNStarConfig``, ``MaskXRCNNConfig``; its class picks the architecture) and
+    ``train_cfg`` a `models.config.TrainConfig`; `models.config.resolve_config` makes both from
+    command-line flags, presets included. The run directory is ``train_cfg.output`` (''
+    for ``runs/ARCH``); what it holds is in the module doc.
+
+    Raises TrainError for bad input (the message names the flag). Nothing to set up by hand: in
+    a plain process it trains on one device (``train_cfg.device``); under torchrun, call it in
+    every process and it joins (and then leaves) the process group the environment describes.
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the encoder runs before forks
     env = setup_distributed(train_cfg.device)
@@ -269,8 +293,9 @@ def _train_step(
     targets: list[dict[str, Any]],
     cfg: TrainConfig,
     env: Distributed,
-) -> tuple[dict[str, torch.Tensor], float, float | None]:
-    """One optimiser step; returns (losses, the step's learning rate, gradient norm or None)."""
+) -> tuple[TrainingLosses, float, float | None]:
+    """One optimiser step; returns (losses with the detector's diagnostics, the step's learning
+    rate, gradient norm or None)."""
     targets = _to_device(targets, env.device, image_labels_only=source in run.image_label_sources)
     with _autocast(cfg.amp, env.device):
         losses = run.model(images.to(env.device, non_blocking=True), targets)
@@ -292,34 +317,11 @@ def _train_step(
     return losses, lr, grad_norm
 
 
-def _metrics(
-    run: _Run,
-    source: str,
-    losses: Mapping[str, torch.Tensor],
-    lr: float,
-    seconds: float,
-    cfg: TrainConfig,
-) -> dict[str, Any]:
-    """A metrics.jsonl record: this step's losses (averaged over ranks) and the window's speed."""
-    names = sorted(losses)
-    stacked = torch.stack([losses[k].detach().float() for k in names])  # (L,)
-    values = mean_over_ranks(stacked).tolist()
-    return {
-        "step": run.step,
-        "lr": lr,
-        **dict(zip(names, values, strict=True)),
-        "loss_total": sum(values),
-        "time_per_step": seconds,
-        "samples_per_s": cfg.batch_size / seconds,
-        "source": source,
-        "epochs": dict(zip(run.stream.names, run.stream.epochs, strict=True)),
-        "data_errors": {
-            name: d.error_counts() for name, d in zip(run.stream.names, run.datasets, strict=True)
-        },
-    }
+def _data_errors(run: _Run) -> dict[str, dict[str, int]]:
+    return {name: d.error_counts() for name, d in zip(run.stream.names, run.datasets, strict=True)}
 
 
-def _save(run: _Run, out: Path) -> None:
+def _save(run: _Run, out: Path) -> Path:
     path = save_checkpoint(
         out / f"step_{run.step:07d}.pt",
         model=run.model,
@@ -331,6 +333,7 @@ def _save(run: _Run, out: Path) -> None:
         extra={"data": run.stream.state_dict()},
     )
     copy_checkpoint(path, out / LAST)
+    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,7 +342,7 @@ def _save(run: _Run, out: Path) -> None:
 
 def _train(model_cfg: DetectorConfig, train_cfg: TrainConfig, env: Distributed) -> Path:
     arch = architecture_of(model_cfg).name
-    out = Path(train_cfg.output_dir or f"runs/{arch}")
+    out = Path(train_cfg.output or f"runs/{arch}")
     resume = resume_path(train_cfg, out)
     sources = _sources(train_cfg)
     _check_flags(model_cfg, train_cfg, sources, env)
@@ -375,8 +378,14 @@ def _train(model_cfg: DetectorConfig, train_cfg: TrainConfig, env: Distributed) 
     )
 
     model = _build_model(model_cfg, env, train_cfg.seed)
-    if checkpoint is None and train_cfg.init_from:
-        load_initial_weights(model, train_cfg.init_from, config, leader=env.leader)
+    if checkpoint is not None:
+        start = f"--resume {resume}: step {checkpoint['step']} (model, optimiser, schedule, data)"
+    elif train_cfg.init_from:
+        loaded = load_initial_weights(model, train_cfg.init_from, config, leader=env.leader)
+        start = f"--init-from {loaded}; optimiser, schedule and step afresh"
+    else:
+        backbone = getattr(model_cfg, "backbone_weights", None)
+        start = "random weights" + (f", the backbone's from {backbone}" if backbone else "")
     if architecture_of(model_cfg).fixed_classes:  # what T reads with --transfer-input text
         names = model_cfg.classes
         rows = class_embeddings(encoder_id, names, model_cfg.text_dim)
@@ -420,38 +429,98 @@ def _train(model_cfg: DetectorConfig, train_cfg: TrainConfig, env: Distributed) 
         out.mkdir(parents=True, exist_ok=True)
         write_config_json(out, config)
         keep_metrics_until(out / METRICS, step)
+        print(
+            banner(
+                arch=arch,
+                device=env.device,
+                world_size=env.world_size,
+                batch_size=train_cfg.batch_size,
+                sources=[
+                    SourceLine(s.name, s.kind, s.spec, len(s.urls), s.samples) for s in sources
+                ],
+                text_encoder=encoder_id,
+                start=start,
+                first_step=step,
+                last_step=train_cfg.last_step,
+                run_dir=out,
+            ),
+            file=sys.stderr,
+        )
+    return _loop(run, train_cfg, env, out)
 
+
+def _loop(run: _Run, cfg: TrainConfig, env: Distributed, out: Path) -> Path:
+    """Steps until the last, a metrics line every ``--log-every`` steps, checkpoints; the
+    summary at the end (leader)."""
     from tqdm import tqdm
 
-    stop = train_cfg.last_step
-    show = env.leader and train_cfg.progress
-    bar = tqdm(total=stop, initial=step, unit="step", disable=not show)
+    first, stop = run.step, cfg.last_step
+    show = env.leader and cfg.progress
+    bar = tqdm(total=stop, initial=first, unit="step", disable=not show)
     log = open(out / METRICS, "a", encoding="utf-8") if env.leader else None
-    batches = iter(stream)
-    window_start, window_steps = time.perf_counter(), 0
+    board: ScalarWriter | None = None
+    if env.leader and cfg.tensorboard:
+        board = open_tensorboard(out, purge_step=first + 1 if first else None)
+    window = Window(run.stream.names, env.device)
+    last_by_source: dict[str, dict[str, Any]] = {}
+    saved: list[Path] = []
+    batches = iter(run.stream)
+    began = window_start = time.perf_counter()
     try:
         while run.step < stop:
             source, (images, targets) = next(batches)
-            losses, lr, grad_norm = _train_step(run, source, images, targets, train_cfg, env)
-            window_steps += 1
+            losses, lr, grad_norm = _train_step(run, source, images, targets, cfg, env)
+            window.add(source, losses, losses.diagnostics, grad_norm)
             bar.update(1)
-            if run.step % train_cfg.log_every == 0 or run.step == stop:
-                seconds = (time.perf_counter() - window_start) / window_steps
-                record = _metrics(run, source, losses, lr, seconds, train_cfg)
-                if grad_norm is not None:
-                    record["grad_norm"] = grad_norm
+            if run.step % cfg.log_every == 0 or run.step == stop:
+                seconds = (time.perf_counter() - window_start) / window.steps
+                record = window.record(
+                    step=run.step,
+                    lr=lr,
+                    seconds_per_step=seconds,
+                    batch_size=cfg.batch_size,
+                    epochs=dict(zip(run.stream.names, run.stream.epochs, strict=True)),
+                    data_errors=_data_errors(run),
+                )
+                for name, values in record["sources"].items():
+                    last_by_source[name] = {**values, "step": run.step}
                 if log is not None:
                     log.write(json.dumps(record, sort_keys=True) + "\n")
                     log.flush()
+                if board is not None:
+                    write_scalars(board, record)
                 bar.set_postfix(loss=f"{record['loss_total']:.3f}", lr=f"{lr:.2e}")
-                window_start, window_steps = time.perf_counter(), 0
-            if env.leader and (run.step % train_cfg.checkpoint_every == 0 or run.step == stop):
-                _save(run, out)
+                window_start = time.perf_counter()
+            if env.leader and (run.step % cfg.checkpoint_every == 0 or run.step == stop):
+                saved.append(_save(run, out))
     finally:
         batches.close()
         bar.close()
         if log is not None:
             log.close()
+        if board is not None:
+            board.close()
+    if env.leader:
+        written = {
+            "run dir": str(out),
+            "checkpoints": ", ".join(p.name for p in saved[-3:]) + f" and {LAST}",
+            "metrics": str(out / METRICS),
+            "TensorBoard": board.log_dir if board is not None else "not written",
+            "config": str(out / "config.json"),
+        }
+        if len(saved) > 3:
+            written["checkpoints"] = f"{len(saved)} (the last {saved[-1].name}) and {LAST}"
+        seconds = time.perf_counter() - began
+        print(
+            summary(
+                step=run.step,
+                steps_done=run.step - first,
+                seconds=seconds,
+                last_by_source=last_by_source,
+                written=written,
+            ),
+            file=sys.stderr,
+        )
     return out / LAST
 
 

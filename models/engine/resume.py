@@ -1,7 +1,7 @@
 """Where a run starts: afresh, from its own checkpoint (``--resume``), or from another run's
 weights (``--init-from``); and the checks that keep either honest.
 
-- `resume_path`: ``--resume auto`` takes ``OUTPUT_DIR/last.pt`` when it exists; a folder that
+- `resume_path`: ``--resume auto`` takes ``OUTPUT/last.pt`` when it exists; a folder that
   holds checkpoints is never overwritten by a fresh run.
 - `check_resumable`: an exact continuation needs the same architecture, model flags and phrase
   encoder; changed training flags other than ``RESUMABLE_CHANGES`` get a note.
@@ -35,9 +35,11 @@ __all__ = [
 
 LAST = "last.pt"
 # Train fields that may change between a run and its resumption without changing its course
-# (init_from too: a resumed run takes its weights from the checkpoint).
+# (init_from too: a resumed run takes its weights from the checkpoint; output_dir is the old
+# name of output, in checkpoints written before the flags were renamed).
 RESUMABLE_CHANGES = {
-    "resume", "init_from", "max_steps", "log_every", "checkpoint_every", "progress"
+    "resume", "init_from", "max_steps", "log_every", "checkpoint_every", "progress",
+    "tensorboard", "output", "output_dir",
 }  # fmt: skip
 
 
@@ -51,7 +53,7 @@ def resume_path(train_cfg: TrainConfig, out: Path) -> Path | None:
         return Path(train_cfg.resume)
     if any(out.glob("*.pt")):
         raise TrainError(
-            f"--output-dir {out} already holds checkpoints: pass --resume auto to continue that "
+            f"--output {out} already holds checkpoints: pass --resume auto to continue that "
             "run, or choose another folder"
         )
     return None
@@ -105,8 +107,9 @@ def check_resumable(saved: Mapping[str, Any], config: Mapping[str, Any], path: P
 
 def load_initial_weights(
     model: nn.Module, path: str, config: Mapping[str, Any], *, leader: bool
-) -> None:
-    """``--init-from``: the model weights of another run's checkpoint, checked to fit this run.
+) -> str:
+    """``--init-from``: the model weights of another run's checkpoint, checked to fit this run;
+    returns what was loaded, for the banner ("PATH (step N of --arch A): all weights").
 
     The architecture and the phrase encoder must be the same (the classifier maps into the
     encoder's space). Model flags may differ as long as the weights fit (an NMS threshold, tau,
@@ -150,13 +153,15 @@ def load_initial_weights(
         ) from exc
     if changed and leader:
         print(f"note: --init-from {path}: model flags differ ({differences})", file=sys.stderr)
+    parts = sorted({name.split(".")[0] for name in fresh})
     if fresh and leader:
-        parts = sorted({name.split(".")[0] for name in fresh})
         print(
             f"note: --init-from {path}: {len(fresh)} tensors of {parts} are not in the "
             "checkpoint in this shape and start afresh",
             file=sys.stderr,
         )
+    loaded = f"all but {len(fresh)} tensors of {parts}" if fresh else "all weights"
+    return f"{path} (step {saved['step']} of --arch {config['arch']}): {loaded}"
 
 
 def _load_fitting(

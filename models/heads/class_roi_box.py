@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import clip_boxes_to_image
 
+from models.heads.diagnostics import TrainingLosses, foreground_accuracy
 from models.heads.roi_box import RoIHeadBase, Samples, best_detections
 from models.ops import concat_boxes, zero_weighted
 
@@ -111,16 +112,17 @@ class ClassRoIBoxHead(RoIHeadBase):
         samples: Samples,
         gt_boxes: Tensor,
         gt_classes: Tensor,
-    ) -> dict[str, Tensor]:
+    ) -> TrainingLosses:
         """``loss_cls`` and ``loss_box_reg`` over the sampled RoIs; ``gt_boxes`` (M, 4) and
         ``gt_classes`` (M,) int64 (0..K-1) are the batch's box-supervised instances, which the
-        samples' ``gt_index`` indexes."""
+        samples' ``gt_index`` indexes. Diagnostics: the foreground accuracy of the positive
+        RoIs (`models.heads.diagnostics`)."""
         hidden = self.hidden(features, samples.boxes, samples.batch)  # (R, H)
         logits, deltas = self._predict(hidden)  # (R, K + 1), (R, K, 4)
         keep = zero_weighted(logits, deltas)
         num_sampled = len(samples.boxes)
         if num_sampled == 0:
-            return {"loss_cls": keep, "loss_box_reg": keep}
+            return TrainingLosses({"loss_cls": keep, "loss_box_reg": keep})
         foreground = samples.gt_index >= 0  # (R,)
         labels = torch.zeros_like(samples.gt_index)
         labels[foreground] = gt_classes[samples.gt_index[foreground]] + 1
@@ -130,7 +132,10 @@ class ClassRoIBoxHead(RoIHeadBase):
         matched = gt_boxes[samples.gt_index[rows]]  # (R_fg, 4)
         targets = self.box_coder.encode_single(matched, samples.boxes[rows])
         loss_box = F.smooth_l1_loss(own.float(), targets, beta=1 / 9, reduction="sum") / num_sampled
-        return {"loss_cls": loss_cls + keep, "loss_box_reg": loss_box + keep}
+        return TrainingLosses(
+            {"loss_cls": loss_cls + keep, "loss_box_reg": loss_box + keep},
+            foreground_accuracy(logits, labels),
+        )
 
     # ------------------------------------------------------------------------------------------
     # Inference

@@ -46,6 +46,7 @@ from torchvision.models.detection._utils import (
 from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 
+from models.heads.diagnostics import TrainingLosses, foreground_accuracy
 from models.heads.open_vocab import OpenVocabClassifier, phrase_candidates
 from models.ops import concat_boxes, multilevel_roi_align, zero_weighted
 from models.targets import Targets
@@ -189,14 +190,15 @@ class RoIBoxHead(RoIHeadBase):
 
     def losses(
         self, features: Sequence[Tensor], proposals: Sequence[Tensor], gt: Targets
-    ) -> dict[str, Tensor]:
-        """``loss_cls`` and ``loss_box_reg`` over the sampled RoIs (module doc)."""
+    ) -> TrainingLosses:
+        """``loss_cls`` and ``loss_box_reg`` over the sampled RoIs (module doc), with the
+        foreground accuracy of the positive RoIs as diagnostics (`models.heads.diagnostics`)."""
         samples = self.sample(proposals, gt)
         embedded, deltas = self._embed(features, samples.boxes, samples.batch)  # (R, D), (R, 4)
         keep = zero_weighted(embedded, deltas)
         num_sampled = len(samples.boxes)
         if num_sampled == 0:
-            return {"loss_cls": keep, "loss_box_reg": keep}
+            return TrainingLosses({"loss_cls": keep, "loss_box_reg": keep})
         _, inverse, candidates = phrase_candidates(*gt.all_phrases())  # (M + L,), (U, D)
         foreground = samples.gt_index >= 0  # (R,)
         labels = torch.zeros_like(samples.gt_index)
@@ -210,7 +212,10 @@ class RoIBoxHead(RoIHeadBase):
             F.smooth_l1_loss(deltas[foreground].float(), targets, beta=1 / 9, reduction="sum")
             / num_sampled
         )
-        return {"loss_cls": loss_cls + keep, "loss_box_reg": loss_box + keep}
+        return TrainingLosses(
+            {"loss_cls": loss_cls + keep, "loss_box_reg": loss_box + keep},
+            foreground_accuracy(logits, labels),
+        )
 
     def image_label_loss(
         self,

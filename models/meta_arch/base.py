@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.heads.diagnostics import TrainingLosses
+
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Detector"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -30,10 +32,12 @@ class Detector(nn.Module):
     Images are normalised with the ImageNet mean / std, then zero-padded at the bottom / right to
     a multiple of ``size_divisibility``; outputs refer to the unpadded image. Training
     (``self.training``) needs one target dict per image (`models.targets`) and returns a dict of
-    scalar losses; inference needs ``class_embeddings`` (C, query_dim: text_dim, or the class
-    count of a fixed-class detector, whose rows are then one-hot) and returns one dict per
-    image with ``boxes_xyxy_px``, ``scores``, ``labels`` (rows of ``class_embeddings``) and
-    ``masks``, as torchvision's detectors do.
+    scalar losses, a `TrainingLosses` whose ``diagnostics`` hold figures that are no loss (the
+    foreground classification accuracy, `models.heads.diagnostics`); inference needs
+    ``class_embeddings`` (C, query_dim: text_dim, or the class count of a fixed-class detector,
+    whose rows are then one-hot) and returns one dict per image with ``boxes_xyxy_px``,
+    ``scores``, ``labels`` (rows of ``class_embeddings``) and ``masks``, as torchvision's
+    detectors do.
 
     The inference thresholds ``score_threshold`` and ``nms_threshold`` are plain attributes, so
     evaluation may override them for a run (`models.predict.inference_settings`).
@@ -68,7 +72,7 @@ class Detector(nn.Module):
         targets: Sequence[Mapping[str, Any]] | None = None,
         *,
         class_embeddings: Tensor | None = None,
-    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+    ) -> TrainingLosses | list[dict[str, Tensor]]:
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images: expected (B, 3, H, W), got {tuple(images.shape)}")
         image_size = (images.shape[-2], images.shape[-1])
@@ -107,7 +111,7 @@ class Detector(nn.Module):
 
     def losses(
         self, images: Tensor, targets: list[Mapping[str, Any]], image_size: tuple[int, int]
-    ) -> dict[str, Tensor]:
+    ) -> TrainingLosses:
         raise NotImplementedError
 
     def inference(

@@ -29,6 +29,7 @@ from torchvision.ops import batched_nms, generalized_box_iou_loss
 
 from models.backbone import ResNetFPN
 from models.engine.distributed import mean_over_ranks
+from models.heads.diagnostics import TrainingLosses, foreground_accuracy
 from models.heads.fcos import FCOSHead
 from models.heads.fcos_targets import (
     centerness_targets,
@@ -62,7 +63,9 @@ class FCOSMO(Detector):
     (N, text_dim) (may be None only when N == 0); ``is_alp`` bool (N,) (True: no box regression;
     all False when absent); ``masks`` bool (N, H, W) or None; ``has_mask`` bool (N,) (the mask
     row is real; all True when absent and ``masks`` is given). Returns scalar losses
-    ``{"loss_cls", "loss_box", "loss_centerness", "loss_mask"}``, total = their sum. Every
+    ``{"loss_cls", "loss_box", "loss_centerness", "loss_mask"}``, total = their sum, as a
+    `TrainingLosses` whose ``diagnostics`` hold the foreground accuracy of this rank's positive
+    locations (``fg_accuracy``, ``fg_positives``; no loss). Every
     trainable parameter takes part in every step (zero-weighted terms where nothing is
     supervised), so DDP needs no ``find_unused_parameters``.
 
@@ -156,7 +159,7 @@ class FCOSMO(Detector):
     # ------------------------------------------------------------------------------------------
     def losses(
         self, images: Tensor, targets: list[Mapping[str, Any]], image_size: tuple[int, int]
-    ) -> dict[str, Tensor]:
+    ) -> TrainingLosses:
         gt = gather_targets(targets, self.text_dim, image_size)
         if not all(gt.boxes_annotated):
             raise ValueError(
@@ -218,12 +221,13 @@ class FCOSMO(Detector):
         )  # fmt: skip
         # Zero-weighted: keeps the classifier in the graph when the batch has no phrase.
         loss_cls = loss_cls + zero_weighted(embed_flat)
-        return {
+        losses = {
             "loss_cls": loss_cls,
             "loss_box": loss_box,
             "loss_centerness": loss_centerness,
             "loss_mask": loss_mask,
         }
+        return TrainingLosses(losses, foreground_accuracy(logits, labels))
 
     # ------------------------------------------------------------------------------------------
     def inference(

@@ -33,6 +33,7 @@ from typing import Any
 
 from torch import Tensor
 
+from models.heads.diagnostics import TrainingLosses
 from models.heads.mask import build_mask_head, mask_loss, predict_masks
 from models.heads.roi_box import RoIBoxHead
 from models.meta_arch.base import Detector
@@ -49,7 +50,9 @@ class MaskRCNNStar(Detector):
 
     Training returns ``{"loss_objectness", "loss_rpn_box_reg", "loss_cls", "loss_box_reg",
     "loss_mask", "loss_image_labels"}`` (total = their sum; ``loss_image_labels`` already
-    scaled by ``image_label_weight``). Every trainable parameter takes part in every step
+    scaled by ``image_label_weight``) as a `TrainingLosses` whose ``diagnostics`` hold the
+    foreground accuracy of the positive sampled RoIs (``fg_accuracy``, ``fg_positives``; no
+    loss). Every trainable parameter takes part in every step
     (zero-weighted terms where nothing is supervised), so DDP needs no
     ``find_unused_parameters``.
 
@@ -146,7 +149,7 @@ class MaskRCNNStar(Detector):
 
     def losses(
         self, images: Tensor, targets: list[Mapping[str, Any]], image_size: tuple[int, int]
-    ) -> dict[str, Tensor]:
+    ) -> TrainingLosses:
         gt = gather_targets(targets, self.text_dim, image_size)
         features = self.backbone(images)
         gt_boxes = rpn_ground_truth(gt)
@@ -157,12 +160,13 @@ class MaskRCNNStar(Detector):
             self.mask_head, features, self.strides, gt,
             roi_size=self.mask_roi_size, levels=MASK_LEVELS,
         )  # fmt: skip
-        return {
+        losses = {
             **rpn_losses,
             **box_losses,
             "loss_mask": loss_mask,
             "loss_image_labels": self.image_label_weight * image_labels,
         }
+        return TrainingLosses(losses, box_losses.diagnostics)
 
     def inference(
         self, images: Tensor, class_embeddings: Tensor, image_size: tuple[int, int]

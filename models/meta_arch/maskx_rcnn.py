@@ -50,6 +50,7 @@ from torch import Tensor, nn
 
 from alp_curation.phrases import phrase_id
 from models.heads.class_roi_box import ClassRoIBoxHead
+from models.heads.diagnostics import TrainingLosses
 from models.heads.mask import build_mask_head, predict_masks
 from models.heads.roi_box import BOX_LEVELS, Samples
 from models.heads.weight_transfer import MaskXPredictor, WeightTransfer
@@ -272,7 +273,7 @@ class MaskXRCNN(Detector):
 
     def losses(
         self, images: Tensor, targets: list[Mapping[str, Any]], image_size: tuple[int, int]
-    ) -> dict[str, Tensor]:
+    ) -> TrainingLosses:
         gt = gather_targets(targets, self.text_dim, image_size)
         gt_classes = self.classes_of(gt.phrase_ids)  # (M,)
         gt_boxes = rpn_ground_truth(gt)
@@ -281,10 +282,12 @@ class MaskXRCNN(Detector):
             features = self.backbone(images)
             proposals, _, rpn_losses = self.rpn(images, image_size, features, gt_boxes)
             samples = self.roi_heads.sample(proposals, gt)
-        losses: dict[str, Tensor] = {}
+        losses = TrainingLosses()
         if not detector_frozen:
+            box_losses = self.roi_heads.losses(features, samples, gt.boxes, gt_classes)
             losses.update(rpn_losses)
-            losses.update(self.roi_heads.losses(features, samples, gt.boxes, gt_classes))
+            losses.update(box_losses)
+            losses.diagnostics.update(box_losses.diagnostics)
         if self.train_stage != "detection":
             losses["loss_mask"] = self._mask_loss(features, samples, gt, gt_classes)
         return losses

@@ -199,7 +199,39 @@ def test_class_split_is_a_named_split_or_a_csv_file(tmp_path: Path) -> None:
     classes = tmp_path / "oid_classes.csv"
     classes.write_text("/m/01g317,Person\n/m/04rmv,Mouse\n")
     assert resolve_config(["--class-split", str(classes)])[1].class_split == str(classes)
-    assert resolve_config(["--split", str(classes)])[1].class_split == str(classes)  # its alias
+    assert resolve_config(["--split", str(classes)])[1].class_split == str(classes)  # old name
+
+
+def test_old_flag_spellings_are_read_as_todays_with_a_note(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _, train = resolve_config(
+        ["--output-dir", "runs/a", "--workers", "3", "--size", "256", "--batch", "4",
+         "--split", "coco_voc"]
+    )  # fmt: skip
+    assert (train.output, train.num_workers, train.image_size, train.batch_size) == (
+        "runs/a", 3, 256, 4,
+    )  # fmt: skip
+    assert train.class_split == "coco_voc"
+    err = capsys.readouterr().err
+    for old, new in (("--output-dir", "--output"), ("--workers", "--num-workers"),
+                     ("--size", "--image-size"), ("--batch", "--batch-size"),
+                     ("--split", "--class-split")):  # fmt: skip
+        assert f"note: {old} is now spelled {new}" in err, old
+    assert resolve_config(["--output", "runs/b"])[1].output == "runs/b"
+    assert "is now spelled" not in capsys.readouterr().err
+
+
+def test_class_lists_are_comma_separated(capsys: pytest.CaptureFixture[str]) -> None:
+    _, train = resolve_config(["--class-names", "dog,red car, sofa"])
+    assert train.class_names == ("dog", "red car", "sofa")
+    model, _ = resolve_config(["--arch", "maskx-rcnn", "--classes", "circle,square", "star"])
+    assert model.classes == ("circle", "square", "star")  # the older spaces still read
+    for argv in (["--class-names", "dog,,cat"], ["--class-names", "dog,cat", "dog"]):
+        with pytest.raises(SystemExit) as exit_info:
+            resolve_config(argv)
+        assert exit_info.value.code == 2
+        assert "--class-names" in capsys.readouterr().err
 
 
 def test_last_step_is_max_steps_when_given() -> None:

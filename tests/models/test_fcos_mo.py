@@ -343,3 +343,41 @@ def test_overfits_one_image(overfit_one_image: Callable[..., None]) -> None:
         return _target(boxes, alp=False, phrase_ids=phrase_ids)
 
     overfit_one_image(_tiny(), target, STEPS)
+
+
+# ---------------------------------------------------------------------------------------------
+# The foreground accuracy (a diagnostic, no loss)
+
+
+def test_foreground_accuracy_by_hand() -> None:
+    from models.heads.diagnostics import foreground_accuracy
+
+    logits = torch.tensor(
+        [[5.0, 0.0, 0.0], [0.0, 3.0, 1.0], [0.0, 1.0, 3.0], [4.0, 1.0, 0.0], [0.0, 2.0, 1.0]],
+        requires_grad=True,
+    )  # (N = 5, 1 + C): background first
+    labels = torch.tensor([0, 1, 1, 2, 1])  # rows 1 and 4 right, row 2 wrong, row 3 background
+    out = foreground_accuracy(logits, labels)
+    assert out["fg_positives"].item() == 4
+    assert out["fg_accuracy"].item() == pytest.approx(2 / 4)
+    assert not out["fg_accuracy"].requires_grad
+    none = foreground_accuracy(logits, torch.zeros(5, dtype=torch.long))
+    assert (none["fg_accuracy"].item(), none["fg_positives"].item()) == (0.0, 0.0)
+
+
+def test_training_reports_the_foreground_accuracy_of_the_positive_locations() -> None:
+    model = _tiny()
+    model.train()
+    coco = _target([[16, 16, 80, 96], [64, 8, 120, 40]], alp=False, phrase_ids=[3, 4])
+    losses = model(_images(1), [coco])
+    assert set(losses) == LOSS_KEYS  # the diagnostics are no loss: not among the items
+    points, strides, ranges = locations(
+        [(128 // s, 128 // s) for s in model.strides], model.strides, model.ranges
+    )
+    positives = int((fcos_match(points, strides, ranges, coco["boxes_xyxy_px"]) >= 0).sum())
+    assert losses.diagnostics["fg_positives"].item() == positives > 0
+    assert 0.0 <= losses.diagnostics["fg_accuracy"].item() <= 1.0
+    # A projection of zeros: every logit is 0 and argmax picks the background, never a class.
+    nn.init.zeros_(model.head.classifier.projection.weight)
+    nn.init.zeros_(model.head.classifier.projection.bias)
+    assert model(_images(1), [coco]).diagnostics["fg_accuracy"].item() == 0.0

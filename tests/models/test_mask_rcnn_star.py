@@ -290,3 +290,15 @@ def test_overfits_one_image(overfit_one_image: Callable[..., None]) -> None:
         return _target(boxes, kind="coco", phrase_ids=phrase_ids)
 
     overfit_one_image(_tiny(), target, 80)
+
+
+def test_training_reports_the_foreground_accuracy_of_the_positive_rois() -> None:
+    model = _tiny()
+    model.train()
+    coco = _target([[16, 16, 80, 96], [64, 8, 120, 40]], kind="coco", phrase_ids=[3, 4])
+    losses = model(_images(1), [coco])
+    assert set(losses) == LOSS_KEYS  # the diagnostics are no loss
+    diagnostics = losses.diagnostics
+    assert diagnostics["fg_positives"].item() >= 2  # the ground-truth boxes are RoIs too
+    assert 0.0 <= diagnostics["fg_accuracy"].item() <= 1.0
+    assert not diagnostics["fg_accuracy"].requires_grad

@@ -294,3 +294,17 @@ def test_segments_a_class_it_saw_only_boxes_of() -> None:
     assert hits.numel() > 0, "the box-only class is not detected"
     mask = out["masks"][hits[out["scores"][hits].argmax()], 0] > 0.5
     assert (mask & truth).sum() / (mask | truth).sum() > 0.5
+
+
+def test_training_reports_the_foreground_accuracy_of_the_positive_rois() -> None:
+    model = _tiny()
+    model.train()
+    target = _target(TWO, ["circle", "square"], [True, False])
+    losses = model(_images(1), [target])
+    assert set(losses) == LOSS_KEYS  # the diagnostics are no loss
+    assert losses.diagnostics["fg_positives"].item() >= 2  # the ground-truth boxes are RoIs
+    assert 0.0 <= losses.diagnostics["fg_accuracy"].item() <= 1.0
+    # Stage two runs the frozen box head without its losses: no accuracy either.
+    stage_two = _tiny(train_stage="masks")
+    stage_two.train()
+    assert stage_two(_images(1), [target]).diagnostics == {}

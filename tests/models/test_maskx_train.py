@@ -51,7 +51,13 @@ def partial(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _metrics(run: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    """The lines of a run logged every step, its one source's means at the top level."""
+    records = []
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        ((name, values),) = record["sources"].items()
+        records.append({**record, **values, "source": name})
+    return records
 
 
 @pytest.mark.slow
@@ -61,7 +67,7 @@ def test_a_short_run_takes_its_classes_from_the_shards(
     from models.meta_arch.maskx_rcnn import MaskXRCNN
 
     run = tmp_path / "run"
-    assert main([*FLAGS, "--shards", str(partial), "--steps", "2", "--output-dir", str(run)]) == 0
+    assert main([*FLAGS, "--shards", str(partial), "--steps", "2", "--output", str(run)]) == 0
     assert "note: --classes from" in capsys.readouterr().err
     config = json.loads((run / "config.json").read_text())
     assert config["arch"] == "maskx-rcnn"
@@ -78,7 +84,7 @@ def test_a_short_run_takes_its_classes_from_the_shards(
 def test_shards_of_other_classes_are_refused_naming_the_difference(
     partial: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = [*FLAGS, "--shards", str(partial), "--output-dir", str(tmp_path / "run")]
+    argv = [*FLAGS, "--shards", str(partial), "--output", str(tmp_path / "run")]
     assert main([*argv, "--classes", "circle", "square", "triangle", "dragon"]) == 2
     err = capsys.readouterr().err
     assert "not in --classes: ['star']" in err and "not in the shards: ['dragon']" in err
@@ -93,11 +99,11 @@ def test_stage_two_trains_the_masks_of_a_frozen_stage_one_detector(
     shards = ["--shards", str(partial)]
     one, two = tmp_path / "one", tmp_path / "two"
     stage_one = [*FLAGS, *shards, "--train-stage", "detection", "--mask-predictor",
-                 "class-agnostic", "--steps", "2", "--output-dir", str(one)]  # fmt: skip
+                 "class-agnostic", "--steps", "2", "--output", str(one)]  # fmt: skip
     assert main(stage_one) == 0
     assert all("loss_mask" not in r for r in _metrics(one))
     stage_two = [*FLAGS, *shards, "--train-stage", "masks", "--mask-mlp", "--steps", "2",
-                 "--init-from", str(one / "last.pt"), "--output-dir", str(two)]  # fmt: skip
+                 "--init-from", str(one / "last.pt"), "--output", str(two)]  # fmt: skip
     assert main(stage_two) == 0
     assert "start afresh" in capsys.readouterr().err  # T and the MLP branch are new
     assert all(set(r) & set(LOSSES) == {"loss_mask"} for r in _metrics(two))
@@ -112,9 +118,9 @@ def test_stage_two_trains_the_masks_of_a_frozen_stage_one_detector(
 def test_resuming_gives_the_same_losses_and_weights(partial: Path, tmp_path: Path) -> None:
     argv = [*FLAGS, "--shards", str(partial), "--mask-mlp"]
     straight, split = tmp_path / "straight", tmp_path / "split"
-    assert main([*argv, "--output-dir", str(straight)]) == 0
-    assert main([*argv, "--output-dir", str(split), "--max-steps", "2"]) == 0
-    assert main([*argv, "--output-dir", str(split), "--resume", "auto"]) == 0
+    assert main([*argv, "--output", str(straight)]) == 0
+    assert main([*argv, "--output", str(split), "--max-steps", "2"]) == 0
+    assert main([*argv, "--output", str(split), "--resume", "auto"]) == 0
     a, b = _metrics(straight), _metrics(split)
     assert [r["step"] for r in b] == [1, 2, 3, 4]
     for ra, rb in zip(a[2:], b[2:], strict=True):
@@ -143,7 +149,7 @@ def test_init_from_a_detector_of_other_classes_is_refused(
               "text_encoder": MINILM_ID}  # fmt: skip
     other = save_checkpoint(tmp_path / "other.pt", model=build_model(cfg), step=0, config=config)
     argv = [*FLAGS, "--shards", str(partial), "--train-stage", "masks", "--init-from", str(other),
-            "--output-dir", str(tmp_path / "run")]  # fmt: skip
+            "--output", str(tmp_path / "run")]  # fmt: skip
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "its weights do not fit this model" in err and "classes" in err

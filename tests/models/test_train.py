@@ -270,9 +270,11 @@ def test_sources_that_are_not_pipeline_outputs_are_refused(tmp_path: Path) -> No
 def test_main_reports_bad_input_with_status_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # --output-dir, the old spelling of --output, still works (with a note).
     assert main([*TINY_FLAGS, "--output-dir", str(tmp_path / "run")]) == 2
-    assert "--shards" in capsys.readouterr().err
-    argv = [*TINY_FLAGS, "--shards", str(tmp_path / "none"), "--output-dir", str(tmp_path)]
+    err = capsys.readouterr().err
+    assert "--shards" in err and "--output-dir is now spelled --output" in err
+    argv = [*TINY_FLAGS, "--shards", str(tmp_path / "none"), "--output", str(tmp_path)]
     assert main(argv) == 2
     assert "--shards" in capsys.readouterr().err
     assert main(["--help"]) == 0
@@ -310,8 +312,19 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Shards:
     return Shards(root / "alps", root / "coco")
 
 
-def _metrics(run: Path) -> list[dict[str, Any]]:
+def _lines(run: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _metrics(run: Path) -> list[dict[str, Any]]:
+    """The lines of a run logged every step (--log-every 1), each with its one source's means
+    brought to the top level and the source's name as ``source``."""
+    records = []
+    for line in _lines(run):
+        ((name, values),) = line["sources"].items()
+        assert values["steps"] == 1, line
+        records.append({**line, **values, "source": name})
+    return records
 
 
 @pytest.mark.slow
@@ -320,10 +333,12 @@ def test_a_short_run_writes_checkpoints_config_and_metrics(shards: Shards, tmp_p
     # The ALP source as a brace pattern of its shards, the COCO one as the output folder.
     pattern = str(shards.alps / "shards" / "shard-{000000..000001}.tar")
     argv = [*TINY_FLAGS, "--shards", str(shards.coco), "--shards", pattern]
-    assert main([*argv, "--steps", "2", "--output-dir", str(run)]) == 0
-    assert sorted(p.name for p in run.iterdir()) == [
+    assert main([*argv, "--steps", "2", "--output", str(run)]) == 0
+    names = sorted(p.name for p in run.iterdir())
+    assert [n for n in names if not n.startswith("events.out.tfevents.")] == [
         "config.json", "last.pt", "metrics.jsonl", "step_0000002.pt",
     ]  # fmt: skip
+    assert len(names) == 5  # and one TensorBoard event file
     config = json.loads((run / "config.json").read_text())
     assert config["text_encoder"] == MINILM_ID  # from the ALP manifest
     assert [s["kind"] for s in config["sources"]] == ["coco", "alp"]
@@ -337,11 +352,68 @@ def test_a_short_run_writes_checkpoints_config_and_metrics(shards: Shards, tmp_p
         assert r["loss_total"] == pytest.approx(sum(r[k] for k in losses))
         assert r["time_per_step"] > 0 and r["samples_per_s"] > 0
         assert r["data_errors"]["coco"] == {"bad_shards": 0, "bad_samples": 0}
+        assert 0 <= r["fg_accuracy"] <= 1 and r["fg_positives"] > 0
     assert records[1]["loss_box"] == 0.0  # ALPs train no box regression
     assert records[0]["lr"] == pytest.approx(0.01 * 0.001)
     model, saved = load_model(run / "last.pt")
     assert not model.training and saved == config
     assert load_checkpoint(run / "last.pt")["step"] == 2
+
+
+@pytest.mark.slow
+def test_each_line_holds_each_sources_mean_over_the_window(
+    shards: Shards, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    # The same run logged every step and every 4 steps: alternating sources, so each line of
+    # the second holds both, each the mean of its own two steps.
+    argv = [*TINY_FLAGS, "--shards", str(shards.coco), "--shards", str(shards.alps),
+            "--steps", "8", "--checkpoint-every", "8"]  # fmt: skip
+    every, window = tmp_path / "every", tmp_path / "window"
+    assert main([*argv, "--output", str(every)]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--output", str(window), "--log-every", "4"]) == 0
+    err = capsys.readouterr().err
+    steps = _metrics(every)
+    lines = _lines(window)
+    assert [r["step"] for r in lines] == [4, 8]
+    losses = ("loss_cls", "loss_box", "loss_centerness", "loss_mask")
+    for line in lines:
+        assert line["format"] == 2 and line["steps"] == 4
+        assert sorted(line["sources"]) == ["alp", "coco"]
+        for name, values in line["sources"].items():
+            assert values["steps"] == 2
+            mine = [r for r in steps if r["source"] == name and 0 <= line["step"] - r["step"] < 4]
+            assert len(mine) == 2
+            for key in losses:
+                assert values[key] == pytest.approx(sum(r[key] for r in mine) / 2, rel=1e-5)
+            hits = sum(r["fg_accuracy"] * r["fg_positives"] for r in mine)
+            assert values["fg_positives"] == sum(r["fg_positives"] for r in mine)
+            assert values["fg_accuracy"] == pytest.approx(hits / values["fg_positives"])
+        # The old bug logged the window's last step only, an ALP step here: no mask loss.
+        assert line["sources"]["coco"]["loss_mask"] > 0
+        assert line["sources"]["alp"]["loss_mask"] == 0
+        assert line["loss_total"] == pytest.approx(
+            sum(r["loss_total"] for r in steps if 0 <= line["step"] - r["step"] < 4) / 4,
+            rel=1e-5,
+        )
+    # The same scalars in the TensorBoard event files beside metrics.jsonl.
+    events = EventAccumulator(str(window))
+    events.Reload()
+    points = events.Scalars("coco/loss_mask")
+    assert [p.step for p in points] == [4, 8]
+    assert [p.value for p in points] == pytest.approx(
+        [line["sources"]["coco"]["loss_mask"] for line in lines], rel=1e-6
+    )
+    assert "alp/fg_accuracy" in events.Tags()["scalars"]
+    # The banner and the summary.
+    assert "models.train: --arch fcos-mo on cpu, world size 1" in err
+    assert f"source coco: COCO shards {shards.coco}: 2 shard(s), 6 samples" in err
+    assert "text encoder: sentence-transformers" in err and "start: random weights" in err
+    assert "done at step 8 (8 steps here" in err
+    assert "coco (last window: 2 steps to step 8): loss_box" in err
+    assert f"metrics: {window / 'metrics.jsonl'}" in err and f"TensorBoard: {window}" in err
 
 
 @pytest.mark.slow
@@ -356,10 +428,10 @@ def test_resuming_gives_the_same_losses_and_weights(
         "--pattern", "2", "1", "--num-workers", str(workers),
     ]  # fmt: skip
     straight, split = tmp_path / "straight", tmp_path / "split"
-    assert main([*argv, "--output-dir", str(straight)]) == 0
-    assert main([*argv, "--output-dir", str(split), "--max-steps", "2"]) == 0
+    assert main([*argv, "--output", str(straight)]) == 0
+    assert main([*argv, "--output", str(split), "--max-steps", "2"]) == 0
     assert [r["step"] for r in _metrics(split)] == [1, 2]
-    assert main([*argv, "--output-dir", str(split), "--resume", "auto"]) == 0
+    assert main([*argv, "--output", str(split), "--resume", "auto"]) == 0
     a, b = _metrics(straight), _metrics(split)
     assert [r["step"] for r in b] == [1, 2, 3, 4]
     assert [r["source"] for r in a] == ["coco", "coco", "alp", "coco"]
@@ -379,7 +451,7 @@ def test_resuming_gives_the_same_losses_and_weights(
 def test_bad_input_names_the_flag(
     shards: Shards, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    out = ["--output-dir", str(tmp_path / "run")]
+    out = ["--output", str(tmp_path / "run")]
     alps, coco = ["--shards", str(shards.alps)], ["--shards", str(shards.coco)]
     cases = [
         ([*alps, "--text-dim", "512"], "--text-dim is 512"),
@@ -419,12 +491,12 @@ def test_init_from_starts_with_another_runs_weights(
     alps, coco = ["--shards", str(shards.alps)], ["--shards", str(shards.coco)]
     base = tmp_path / "base"
     minilm = ["--text-encoder", "minilm"]  # COCO shards alone do not name an encoder
-    assert main([*TINY_FLAGS, *coco, *minilm, "--steps", "2", "--output-dir", str(base)]) == 0
+    assert main([*TINY_FLAGS, *coco, *minilm, "--steps", "2", "--output", str(base)]) == 0
     start = load_checkpoint(base / "last.pt")
     # Another seed, so that a random start would differ; the first step's rate is
     # lr x warm-up factor = 1e-5, so the weights stay those of the start.
     run = tmp_path / "run"
-    argv = [*TINY_FLAGS, *coco, *alps, "--steps", "1", "--seed", "1", "--output-dir", str(run)]
+    argv = [*TINY_FLAGS, *coco, *alps, "--steps", "1", "--seed", "1", "--output", str(run)]
     assert main([*argv, "--init-from", str(base / "last.pt")]) == 0
     after = load_checkpoint(run / "last.pt")
     assert after["step"] == 1
@@ -475,7 +547,7 @@ def test_a_short_mask_rcnn_star_run(shards: Shards, tmp_path: Path) -> None:
 
     run = tmp_path / "run"
     argv = [*RCNN_FLAGS, "--shards", str(shards.coco), "--shards", str(shards.alps)]
-    assert main([*argv, "--steps", "2", "--output-dir", str(run)]) == 0
+    assert main([*argv, "--steps", "2", "--output", str(run)]) == 0
     config = json.loads((run / "config.json").read_text())
     assert config["arch"] == "mask-rcnn-star" and config["model"]["box_head_dim"] == 32
     records = _metrics(run)
@@ -497,7 +569,7 @@ def test_alps_as_image_labels_train_only_the_image_label_loss(
     run = tmp_path / "run"
     argv = [*RCNN_FLAGS, "--shards", str(shards.coco), "--shards", str(shards.alps),
             "--alp-supervision", "image-labels"]  # fmt: skip
-    assert main([*argv, "--steps", "2", "--output-dir", str(run)]) == 0
+    assert main([*argv, "--steps", "2", "--output", str(run)]) == 0
     coco, alp = _metrics(run)
     assert coco["loss_image_labels"] == 0 and coco["loss_box_reg"] > 0
     assert alp["loss_image_labels"] > 0
@@ -505,11 +577,11 @@ def test_alps_as_image_labels_train_only_the_image_label_loss(
         assert alp[key] == 0, key
     # FCOS-MO has no image-label loss; and the setting needs ALP shards.
     fcos = [*TINY_FLAGS, "--shards", str(shards.alps), "--alp-supervision", "image-labels"]
-    assert main([*fcos, "--output-dir", str(tmp_path / "fcos")]) == 2
+    assert main([*fcos, "--output", str(tmp_path / "fcos")]) == 2
     assert "--arch fcos-mo learns from boxes only" in capsys.readouterr().err
     coco_only = [
         *RCNN_FLAGS, "--shards", str(shards.coco), "--text-encoder", "minilm",
-        "--alp-supervision", "image-labels", "--output-dir", str(tmp_path / "c"),
+        "--alp-supervision", "image-labels", "--output", str(tmp_path / "c"),
     ]  # fmt: skip
     assert main(coco_only) == 2
     assert "no --shards source holds ALPs" in capsys.readouterr().err
@@ -522,9 +594,9 @@ def test_resuming_a_mask_rcnn_star_run_gives_the_same_losses_and_weights(
     argv = [*RCNN_FLAGS, "--shards", str(shards.coco), "--shards", str(shards.alps),
             "--pattern", "2", "1"]  # fmt: skip
     straight, split = tmp_path / "straight", tmp_path / "split"
-    assert main([*argv, "--output-dir", str(straight)]) == 0
-    assert main([*argv, "--output-dir", str(split), "--max-steps", "2"]) == 0
-    assert main([*argv, "--output-dir", str(split), "--resume", "auto"]) == 0
+    assert main([*argv, "--output", str(straight)]) == 0
+    assert main([*argv, "--output", str(split), "--max-steps", "2"]) == 0
+    assert main([*argv, "--output", str(split), "--resume", "auto"]) == 0
     a, b = _metrics(straight), _metrics(split)
     assert [r["step"] for r in b] == [1, 2, 3, 4]
     for ra, rb in zip(a[2:], b[2:], strict=True):
@@ -542,14 +614,14 @@ def test_checkpoints_of_another_architecture_are_refused(
 ) -> None:
     coco = ["--shards", str(shards.coco), "--text-encoder", "minilm"]
     fcos = tmp_path / "fcos"
-    assert main([*TINY_FLAGS, *coco, "--steps", "1", "--output-dir", str(fcos)]) == 0
+    assert main([*TINY_FLAGS, *coco, "--steps", "1", "--output", str(fcos)]) == 0
     argv = [*RCNN_FLAGS, *coco, "--steps", "2"]
-    assert main([*argv, "--output-dir", str(tmp_path / "a"), "--init-from",
+    assert main([*argv, "--output", str(tmp_path / "a"), "--init-from",
                  str(fcos / "last.pt")]) == 2  # fmt: skip
     assert "the checkpoint is of --arch fcos-mo, this run is --arch mask-rcnn-star" in (
         capsys.readouterr().err
     )
-    assert main([*argv, "--output-dir", str(fcos), "--resume", "auto"]) == 2
+    assert main([*argv, "--output", str(fcos), "--resume", "auto"]) == 2
     assert "--resume" in capsys.readouterr().err
 
 
@@ -558,7 +630,7 @@ def test_a_truncated_last_checkpoint_names_one_that_can_be_resumed(
     shards: Shards, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = tmp_path / "run"
-    argv = [*TINY_FLAGS, "--shards", str(shards.alps), "--output-dir", str(run)]
+    argv = [*TINY_FLAGS, "--shards", str(shards.alps), "--output", str(run)]
     assert main([*argv, "--max-steps", "3"]) == 0  # checkpoints at steps 2 and 3
     assert sorted(p.name for p in run.glob("*.pt")) == [
         "last.pt", "step_0000002.pt", "step_0000003.pt",
@@ -599,7 +671,7 @@ def test_two_ranks_of_mask_rcnn_star_under_torchrun(
 
     run = tmp_path / "run"
     argv = [*RCNN_FLAGS, "--shards", str(shards.coco), "--shards", str(shards.alps),
-            "--steps", "3", "--output-dir", str(run), "--device", "cpu", *extra]  # fmt: skip
+            "--steps", "3", "--output", str(run), "--device", "cpu", *extra]  # fmt: skip
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
          "--standalone", "-m", "models.train", *argv],
