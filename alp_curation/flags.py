@@ -29,7 +29,6 @@ RENAMED: dict[str, str] = {
     "--split": "--class-split",
     "--batch": "--batch-size",
     "--repeat": "--repeats",
-    "--class-names": "--classes",
     "--images": "--n-images",
     "--rows": "--n-rows",
     "--files": "--n-files",

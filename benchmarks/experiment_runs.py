@@ -44,6 +44,6 @@ def train_once(run_dir: Path, stamp: dict[str, Any], argv: list[str]) -> None:
     shutil.rmtree(run_dir, ignore_errors=True)  # a run cut short: start it again
     run_dir.mkdir(parents=True)
     stamp_path.write_text(json.dumps(stamp))
-    status = train([*argv, "--output-dir", str(run_dir)])
+    status = train([*argv, "--output", str(run_dir)])
     if status != 0:
         raise SystemExit(f"training in {run_dir} failed ({status})")

@@ -72,7 +72,7 @@ def test_class_csv_to_shards_to_training_to_challenge_evaluation(tmp_path: Path)
 
     run = tmp_path / "run"
     status, _, err = _quiet(train.main, [
-        *TINY, "--shards", str(shards), "--class-split", str(split), "--output-dir", str(run),
+        *TINY, "--shards", str(shards), "--class-split", str(split), "--output", str(run),
     ])  # fmt: skip
     assert status == 0, err
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
