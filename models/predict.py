@@ -25,8 +25,8 @@ In Python, from a checkpoint to detections:
 
 `predict_image` takes one HWC uint8 array at the checkpoint's training size by default (as the
 command line); `predict_batch` a batch that went through `alp_dataset.transforms.EvalTransform`
-(evaluation uses it). Boxes that map to nothing of the image (a box in the padding, clipped onto
-its edge) are dropped with their masks.
+(evaluation uses it). Degenerate boxes (under a pixel wide or high in the image, as a box in the
+padding becomes once clipped onto the image's edge) are dropped with their masks.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ from models.draw import DEFAULT_TOP_K, draw_predictions
 __all__ = [
     "DEFAULT_IMAGE_SIZE",
     "DEFAULT_TOP_K",
+    "MIN_BOX_SIDE_PX",
     "PAD_MULTIPLE",
     "CheckpointInfo",
     "ImagePredictions",
@@ -80,6 +81,7 @@ __all__ = [
 PAD_MULTIPLE = 128  # the model wants H, W multiples of its coarsest stride (P7: 128)
 MASK_THRESHOLD = 0.5
 MASK_CHUNK = 16  # masks resized to the original size at once: bounds memory on large images
+MIN_BOX_SIDE_PX = 1.0  # narrower or lower boxes (in original pixels) are degenerate: dropped
 DEFAULT_IMAGE_SIZE = 512  # for a model whose checkpoint records no training size
 
 
@@ -262,12 +264,12 @@ def predictions_to_input(
 ) -> ImagePredictions:
     """One image's model output (boxes, masks in the transformed image) -> original pixels:
     boxes through `Geometry.boxes_to_input`, mask probabilities resized bilinearly through
-    `Geometry.masks_to_input`, then thresholded at 0.5. A box left without area once clipped to
-    the image (one in the padding, clipped onto the image's edge) or not finite is dropped with
-    its mask and score: it shows nothing of the image."""
+    `Geometry.masks_to_input`, then thresholded at 0.5. A degenerate box is dropped with its
+    mask and score: one not finite, or less than `MIN_BOX_SIDE_PX` wide or high once clipped to
+    the image (a box in the padding, clipped onto the image's edge, has no area at all)."""
     boxes = geometry.boxes_to_input(output["boxes_xyxy_px"].detach().float().cpu())  # (K, 4)
-    keep = torch.isfinite(boxes).all(dim=1) & (boxes[:, 2] > boxes[:, 0])
-    keep &= boxes[:, 3] > boxes[:, 1]  # (K,)
+    sides = boxes[:, 2:] - boxes[:, :2]  # (K, 2) width, height
+    keep = torch.isfinite(boxes).all(dim=1) & (sides >= MIN_BOX_SIDE_PX).all(dim=1)  # (K,)
     boxes = boxes[keep]
     scores = output["scores"].detach().float().cpu()[keep]
     labels = output["labels"].detach().cpu().long()[keep]

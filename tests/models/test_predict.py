@@ -4,6 +4,7 @@ on a folder of images with a tiny random model."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pycocotools import mask as mask_utils
 
 from alp_dataset.transforms import EvalTransform
 from models.architectures import ARCH_NAMES, ARCHITECTURES
@@ -58,7 +60,7 @@ def test_predictions_map_back_to_the_original_pixels() -> None:
 def test_boxes_left_without_area_are_dropped_with_their_masks() -> None:
     # A 40 x 80 image resized to 32 x 64, padded to 64 x 64: rows 32-63 are padding.
     _, target = EvalTransform(size=64)(torch.zeros(3, 40, 80, dtype=torch.uint8))
-    masks = torch.zeros(3, 1, 64, 64)
+    masks = torch.zeros(4, 1, 64, 64)
     masks[1, 0, 8:16, 16:48] = 1.0
     output = {
         "boxes_xyxy_px": torch.tensor(
@@ -66,10 +68,11 @@ def test_boxes_left_without_area_are_dropped_with_their_masks() -> None:
                 [10.0, 40.0, 30.0, 60.0],  # in the padding: clipped to y 40..40
                 [16.0, 8.0, 48.0, 16.0],  # a real one
                 [20.0, 5.0, 20.0, 9.0],  # no width
+                [20.0, 5.0, 20.7, 9.0],  # 0.875 px wide in the original: degenerate
             ]
         ),
-        "scores": torch.tensor([0.9, 0.8, 0.7]),
-        "labels": torch.tensor([0, 1, 2]),
+        "scores": torch.tensor([0.9, 0.8, 0.7, 0.6]),
+        "labels": torch.tensor([0, 1, 2, 3]),
         "masks": masks,
     }
     pred = predictions_to_input(output, target["geometry"])
@@ -291,7 +294,7 @@ def test_inference_loading_takes_the_checkpoints_size_and_names_a_bad_encoder(
 
     from models.architectures import FCOSMOConfig, build_model
     from models.engine.checkpoint import load_checkpoint, save_checkpoint
-    from models.predict import load_for_inference
+    from models.predict import embed_classes, load_for_inference, load_model
 
     checkpoint = save_tiny_checkpoint(tmp_path / "ckpt.pt")
     saved = load_checkpoint(checkpoint)
@@ -299,6 +302,16 @@ def test_inference_loading_takes_the_checkpoints_size_and_names_a_bad_encoder(
     config = {**saved["config"], "train": {"image_size": 96}}
     sized = save_checkpoint(tmp_path / "sized.pt", model=build_model(FCOSMOConfig(
         **saved["config"]["model"])), step=0, config=config)  # fmt: skip
+    # The Python API: a checkpoint to detections in three lines, at the checkpoint's size.
+    model = load_model(sized, device="cpu")
+    assert not model.training and default_image_size(model) == 96
+    assert model.checkpoint_info.text_encoder == "minilm"
+    embeddings = embed_classes(model, ["dog", "red car"])
+    assert tuple(embeddings.shape) == (2, 384)
+    image = np.zeros((40, 60, 3), dtype=np.uint8)
+    found = predict_image(model, image, ["dog", "red car"], embeddings, score_threshold=0.0)
+    assert all(d["mask"].shape == (40, 60) for d in found)
+    # The old command-line helper is still there, on top of it.
     model, got, embeddings, size = load_for_inference(
         parser, str(sized), ["dog", "red car"], size=None, device="cpu"
     )
@@ -311,3 +324,78 @@ def test_inference_loading_takes_the_checkpoints_size_and_names_a_bad_encoder(
         load_for_inference(parser, str(bad), ["dog"], size=None, device="cpu")
     assert exc.value.code == 2
     assert "text encoder 'no-such-encoder' of the checkpoint" in capsys.readouterr().err
+
+
+def test_command_line_on_a_folder_writes_one_png_each_and_the_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], save_tiny_checkpoint: Callable[..., Path]
+) -> None:
+    # MaskX R-CNN: a fixed-class detector, so no text encoder is loaded.
+    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt.pt", "maskx-rcnn")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for name, (h, w) in (("b.png", (48, 64)), ("a.jpg", (64, 40))):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(photos / name)
+    extra = tmp_path / "extra.png"
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(extra)
+    drawn, record = tmp_path / "drawn", tmp_path / "out" / "detections.json"
+    status = main(
+        [
+            "--checkpoint", str(checkpoint), "--image", str(photos), str(tmp_path / "ex*.png"),
+            "--classes", "circle,square", "--output", str(drawn), "--json", str(record),
+            "--score-threshold", "0", "--top-k", "3", "--image-size", "64", "--device", "cpu",
+        ]
+    )  # fmt: skip
+    assert status == 0
+    assert sorted(p.name for p in drawn.iterdir()) == ["a_pred.png", "b_pred.png", "extra_pred.png"]
+    with Image.open(drawn / "a_pred.png") as image:
+        assert image.size == (40, 64)
+    written = json.loads(record.read_text())
+    assert written["classes"] == ["circle", "square"] and written["image_size"] == 64
+    files = [entry["file"] for entry in written["images"]]
+    assert files == [str(photos / "a.jpg"), str(photos / "b.png"), str(extra)]  # sorted, then
+    lines = capsys.readouterr().out.splitlines()
+    total = sum(len(entry["detections"]) for entry in written["images"])
+    assert len(lines) == total > 3  # every detection printed and written, not only the top 3
+    assert lines[0].split("\t")[0] == str(photos / "a.jpg")  # several images: the path first
+    for entry in written["images"]:
+        for det in entry["detections"]:
+            assert det["label"] in ("circle", "square")
+            x0, y0, x1, y1 = det["box_xyxy_px"]
+            assert 0 <= x0 <= x1 - 1 <= entry["width"] - 1  # no degenerate box
+            assert 0 <= y0 <= y1 - 1 <= entry["height"] - 1
+            mask = mask_utils.decode({**det["mask"], "counts": det["mask"]["counts"].encode()})
+            assert mask.shape == (entry["height"], entry["width"])
+    # Old spellings (--out, --size, space-separated --classes) still work, with a note.
+    single = tmp_path / "single.png"
+    status = main(
+        [
+            "--checkpoint", str(checkpoint), "--image", str(extra), "--classes", "circle",
+            "square", "--out", str(single), "--size", "64", "--device", "cpu",
+        ]
+    )  # fmt: skip
+    assert status == 0 and single.is_file()
+    err = capsys.readouterr().err
+    assert "--out is now spelled --output" in err and "--size is now spelled --image-size" in err
+    # Several images need a folder; neither --output nor --json is a usage error.
+    for argv, message in (
+        (["--image", str(photos), "--output", str(tmp_path / "x.png")], "need a folder"),
+        (["--image", str(extra)], "give --output"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main(["--checkpoint", str(checkpoint), *argv])
+        assert exc.value.code == 2
+        assert message in capsys.readouterr().err
+
+
+def test_help_gives_every_flag_a_help_text(capsys: pytest.CaptureFixture[str]) -> None:
+    from models.predict import build_parser
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for flag in ("--checkpoint", "--image", "--classes", "--output", "--json", "--top-k",
+                 "--score-threshold", "--image-size", "--device"):  # fmt: skip
+        assert flag in text
+    for action in build_parser()._actions:
+        assert action.help, action.option_strings
