@@ -178,6 +178,22 @@ def test_oracle_scores_full_marks_and_gt_is_in_original_pixels(
         assert ann["bbox"] == pytest.approx(best["bbox"], abs=1.0)  # boxes in original pixels
 
 
+def test_from_a_checkpoint_to_the_result_in_python(
+    coco_run: CocoRun, tmp_path: Path, save_tiny_checkpoint: Callable[..., Path]
+) -> None:
+    from models.evaluate import default_image_size, load_model
+
+    # MaskX R-CNN: a fixed-class detector (no text encoder to load); embeddings by default.
+    model = load_model(save_tiny_checkpoint(tmp_path / "ckpt.pt", "maskx-rcnn"), device="cpu")
+    assert default_image_size(model) == 512  # the checkpoint records no training size
+    result = evaluate_model(
+        model, eval_dataset(coco_run.shards, size=64), [*BASE, *NOVEL], BASE, NOVEL,
+        limit=2, progress=False,
+    )  # fmt: skip
+    assert result["num_images"] == 2 and result["units"] == "percent"
+    assert set(result["per_class"]) <= set(CLASSES)
+
+
 def test_the_result_names_what_no_image_read_means(coco_run: CocoRun, tmp_path: Path) -> None:
     from models.evaluation.shards import ShardsError
 
