@@ -359,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--hierarchy",
         metavar="JSON",
         help="Open Images shards: the class hierarchy JSON to expand the ground truth with; "
-        "none: the one the shards' manifest recorded (none recorded: no expansion)",
+        "None: the one the shards' manifest recorded (none recorded: no expansion)",
     )
     parser.add_argument(
         "--group-of-weight",
@@ -376,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="S",
         help="longer image side fed to the model (padded to S x S, then to a multiple of 128); "
-        "none: the training crop side of the checkpoint (its --image-size)",
+        "None: the training crop side of the checkpoint (its --image-size)",
     )
     parser.add_argument("--batch-size", type=int, default=4, metavar="B", help="images per batch")
     parser.add_argument(
@@ -390,14 +390,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         metavar="X",
-        help="IoU threshold of the class-wise NMS; none: the model's",
+        help="IoU threshold of the class-wise NMS; None: the model's",
     )
     parser.add_argument(
         "--score-threshold",
         type=float,
         default=None,
         metavar="X",
-        help="candidates scoring at most X are dropped before NMS; none: the model's",
+        help="candidates scoring at most X are dropped before NMS; None: the model's",
     )
     parser.add_argument(
         "--output",
@@ -431,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(ImageID,ImageWidth,ImageHeight,PredictionString)",
     )
     parser.add_argument(
-        "--device", default=None, help="torch device (cpu, cuda); none: cuda when available"
+        "--device", default=None, help="torch device (cpu, cuda); None: cuda when available"
     )
     return parser
 

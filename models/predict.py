@@ -504,10 +504,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="S",
         help="the image is resized so its longer side is S (then padded to a multiple of 128); "
-        "none: the checkpoint's training crop side (its --image-size)",
+        "None: the checkpoint's training crop side (its --image-size)",
     )
     parser.add_argument(
-        "--device", default=None, help="torch device (cpu, cuda); none: cuda when available"
+        "--device", default=None, help="torch device (cpu, cuda); None: cuda when available"
     )
     return parser
 
@@ -540,11 +540,14 @@ def _load_model(parser: argparse.ArgumentParser, checkpoint: str, device: str) -
 def _embed_classes(
     parser: argparse.ArgumentParser, model: torch.nn.Module, class_names: Sequence[str]
 ) -> torch.Tensor:
+    if fixed_classes(model) is not None:
+        try:
+            return class_queries(model, None, class_names)
+        except ValueError as exc:
+            parser.error(f"classes: {exc}")
     try:
         return embed_classes(model, class_names)
-    except ValueError as exc:
-        parser.error(f"classes: {exc}")
-    except RuntimeError as exc:  # EncoderUnavailable is a RuntimeError
+    except (RuntimeError, ValueError) as exc:  # EncoderUnavailable is a RuntimeError
         encoder = model.checkpoint_info.text_encoder
         parser.error(f"text encoder {encoder!r} of the checkpoint: {exc}")
 
@@ -638,7 +641,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "images": entries,
         }
         path.write_text(json.dumps(record) + "\n", encoding="utf-8")
-        print(f"{total} detections in {len(images)} images; wrote {path}", file=sys.stderr)
+        n = len(images)
+        print(f"{total} detections in {n} image{'s' * (n != 1)}; wrote {path}", file=sys.stderr)
     return 0
 
 

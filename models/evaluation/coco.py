@@ -160,11 +160,11 @@ def coco_metrics(
             per_type[name] = entry
         per_class: dict[int, dict[str, Any]] = {}
         for k, category_id in enumerate(evaluator.params.catIds):
-            name = truth.categories.get(category_id, str(category_id))
+            name = truth.categories.get(int(category_id), str(category_id))
             entry = {"name": name, "AP": None, "AP50": None, "AP75": None,
                      "num_gt": counts[category_id]}  # fmt: skip
             if precision is not None and counts[category_id] > 0:
                 entry.update(_ap_values(precision[:, :, [k], 0, -1], iou_thrs))
-            per_class[category_id] = entry
+            per_class[int(category_id)] = entry
         out[iou_type] = {**per_type, "per_class": per_class}
     return out

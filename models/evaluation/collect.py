@@ -112,6 +112,10 @@ def write_detections(
     submission_csv: str | Path | None,
     results_json: str | Path | None,
 ) -> None:
+    """Write the challenge's submission CSV and / or COCO's results JSON (folders made)."""
+    for path in (submission_csv, results_json):
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
     if submission_csv is not None:
         if oid_classes is None:
             raise ValueError("a submission CSV needs Open Images shards (ImageIDs, LabelNames)")

@@ -4,9 +4,10 @@ paper's Figure 4, bottom).
     plot_per_class_ap50(result["per_class"], "run/per_class.png", title="FCOS-MO, COCO val")
 
 Reads the ``per_class`` table of `models.evaluate` (`models.evaluation.collect.per_class`, AP in
-percent). Classes without ground truth have no AP and no bar. Up to `VERTICAL_MAX` classes the
-bars stand with their names rotated below them; more lie horizontally, one name per row, so that
-every name stays legible. matplotlib's Agg canvas without pyplot: no display, no global state.
+percent). Classes without ground truth have no AP and no bar; each bar carries its value. Up to
+`VERTICAL_MAX` classes the bars stand with their names rotated below them; more lie horizontally,
+one name per row, so that every name stays legible. matplotlib's Agg canvas without pyplot: no
+display, no global state.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def plot_per_class_ap50(
     if n <= VERTICAL_MAX:
         fig = Figure(figsize=(max(6.0, 0.35 * n + 2), 4.8))
         ax = fig.subplots()
-        ax.bar(range(n), values, color=colours)
+        bars = ax.bar(range(n), values, color=colours)
+        ax.bar_label(bars, fmt="%.0f", fontsize=7, padding=1)  # a 0 reads as 0, not as missing
         ax.set_xticks(range(n), names, rotation=60, ha="right", rotation_mode="anchor")
         ax.set_xlim(-0.6, n - 0.4)
         ax.set_ylim(0, 100)
@@ -65,7 +67,8 @@ def plot_per_class_ap50(
     else:
         fig = Figure(figsize=(7.0, max(4.0, 0.22 * n + 1.5)))
         ax = fig.subplots()
-        ax.barh(range(n), values, color=colours)
+        bars = ax.barh(range(n), values, color=colours)
+        ax.bar_label(bars, fmt="%.0f", fontsize=7, padding=2)
         ax.set_yticks(range(n), names, fontsize=8)
         ax.set_ylim(n - 0.4, -0.6)  # the best class on top
         ax.set_xlim(0, 100)

@@ -130,6 +130,7 @@ def test_oracle_scores_full_marks_and_gt_is_in_original_pixels(
     )
     assert result["num_images"] == N_IMAGES
     assert result["units"] == "percent"
+    json.dumps(result)  # what --output writes: plain types only
     for subset in ("all", "base", "novel"):
         s = result["summary"][subset]
         if result["coco"]["segm"][subset]["num_gt"] == 0:
