@@ -150,6 +150,12 @@ def embed_classes(
     (`alp_curation.encoders.EncoderUnavailable`) when the encoder cannot load."""
     if isinstance(model_or_encoder, torch.nn.Module):
         info = checkpoint_info(model_or_encoder)
+        if info is None and fixed_classes(model_or_encoder) is None:
+            raise ValueError(
+                f"this {type(model_or_encoder).__name__} was not loaded with load_model, so its "
+                "text encoder is unknown: give embed_classes the checkpoint's "
+                "config['text_encoder'] instead of the model"
+            )
         return class_queries(model_or_encoder, info.text_encoder if info else None, class_names)
     from alp_curation.encoders import load_text_encoder
     from alp_curation.prompts import ensemble_embeddings
