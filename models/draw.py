@@ -7,6 +7,11 @@ A prediction is a mapping with ``label`` (str), ``score`` (float), ``box_xyxy_px
 y1 in the image's pixels) and optionally ``mask`` (bool (H, W) or None) and ``class_index`` (int,
 picks the colour; else the label does). Colours repeat per class so that instances of one class
 read as one group.
+
+Only the ``top_k`` highest-scoring predictions are drawn (a hundred overlapping captions read as
+none). Captions are sized to the image (about 2.5 % of its longer side, at least 12 px), sit on
+a box of the class colour with black or white text, whichever contrasts more, and move below
+the box or inside it where another caption already stands.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["PALETTE", "colour_for", "draw_predictions"]
+__all__ = ["DEFAULT_TOP_K", "PALETTE", "colour_for", "draw_predictions", "text_colour"]
+
+DEFAULT_TOP_K = 20
 
 # Distinct, saturated colours (Okabe-Ito-like, then a few extra), RGB.
 PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -43,19 +50,42 @@ def colour_for(prediction: Mapping[str, Any]) -> tuple[int, int, int]:
     return PALETTE[int(index) % len(PALETTE)]
 
 
+def text_colour(background: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Black or white, whichever contrasts more with ``background`` (WCAG relative luminance)."""
+
+    def linear(c: int) -> float:
+        v = c / 255
+        return v / 12.92 if v <= 0.04045 else ((v + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (linear(c) for c in background)
+    luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b
+    # Contrast with black (L + 0.05) / 0.05 against with white 1.05 / (L + 0.05).
+    return (0, 0, 0) if (luminance + 0.05) ** 2 > 0.05 * 1.05 else (255, 255, 255)
+
+
+def _overlaps(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
 def draw_predictions(
     image_uint8_hwc: np.ndarray,
     predictions: Sequence[Mapping[str, Any]],
     *,
+    top_k: int | None = DEFAULT_TOP_K,
     mask_alpha: float = 0.45,
     line_width: int | None = None,
+    font_size: int | None = None,
 ) -> Image.Image:
-    """An RGB PIL image of the same size with the predictions drawn, lowest score first so the
-    best ones stay on top. ``line_width`` defaults to about 0.3 % of the longer side (>= 1 px)."""
+    """An RGB PIL image of the same size with the ``top_k`` highest-scoring predictions drawn
+    (None: all), lowest score first so the best ones stay on top. ``line_width`` defaults to
+    about 0.3 % of the longer side (>= 1 px), ``font_size`` to about 2.5 % (>= 12 px)."""
     if image_uint8_hwc.ndim != 3 or image_uint8_hwc.shape[2] != 3:
         raise ValueError(f"image must be (H, W, 3) RGB, got shape {image_uint8_hwc.shape}")
+    if top_k is not None and top_k < 0:
+        raise ValueError(f"top_k must be >= 0 or None, got {top_k}")
     h, w = image_uint8_hwc.shape[:2]
-    ordered = sorted(predictions, key=lambda p: float(p["score"]))
+    best = sorted(predictions, key=lambda p: -float(p["score"]))
+    ordered = best[:top_k][::-1] if top_k is not None else best[::-1]
     canvas = image_uint8_hwc.astype(np.float32)  # (H, W, 3)
     for pred in ordered:
         mask = pred.get("mask")
@@ -70,17 +100,29 @@ def draw_predictions(
 
     draw = ImageDraw.Draw(out)
     width = line_width or max(1, round(0.003 * max(h, w)))
-    font = ImageFont.load_default(size=max(10, round(0.025 * max(h, w))))
+    size = font_size or max(12, round(0.025 * max(h, w)))
+    font = ImageFont.load_default(size=size)
     for pred in ordered:
+        x0, y0, x1, y1 = (float(v) for v in pred["box_xyxy_px"])
+        draw.rectangle([x0, y0, x1, y1], outline=colour_for(pred), width=width)
+    # Captions after every box, best first, so no box line crosses a caption and the best
+    # detections get the first places.
+    placed: list[tuple[float, ...]] = []
+    pad = max(1, round(0.15 * size))
+    for pred in ordered[::-1]:
         colour = colour_for(pred)
         x0, y0, x1, y1 = (float(v) for v in pred["box_xyxy_px"])
-        draw.rectangle([x0, y0, x1, y1], outline=colour, width=width)
         caption = f"{pred['label']} {float(pred['score']):.2f}"
         left, top, right, bottom = draw.textbbox((0, 0), caption, font=font)
-        text_h = bottom - top
-        # Above the box when it fits, else just inside its top edge.
-        ty = y0 - text_h - 2 if y0 - text_h - 2 >= 0 else y0
-        tx = min(max(x0, 0.0), max(0.0, w - (right - left) - 2))
-        draw.rectangle([tx, ty, tx + right - left + 2, ty + text_h + 2], fill=colour)
-        draw.text((tx + 1 - left, ty + 1 - top), caption, fill=(0, 0, 0), font=font)
+        tw, th = right - left + 2 * pad, bottom - top + 2 * pad
+        tx = min(max(x0, 0.0), max(0.0, w - tw))
+        # Above the box, else just inside its top edge, else below it: the first free place.
+        candidates = [y0 - th, y0, y1, y1 - th]
+        spots = [min(max(ty, 0.0), max(0.0, h - th)) for ty in candidates]
+        boxes = [(tx, ty, tx + tw, ty + th) for ty in spots]
+        spot = next((b for b in boxes if not any(_overlaps(b, p) for p in placed)), boxes[0])
+        placed.append(spot)
+        draw.rectangle(spot, fill=colour)
+        draw.text((spot[0] + pad - left, spot[1] + pad - top), caption, fill=text_colour(colour),
+                  font=font)  # fmt: skip
     return out

@@ -1,17 +1,32 @@
-"""Evaluate a detector checkpoint on COCO shards: mask and box AP for all / base / novel classes.
+"""Evaluate a detector checkpoint on COCO shards: mask and box AP for all / base / novel classes
+and for each class.
 
     python -m models.evaluate --checkpoint run/checkpoint.pt \\
-        --shards "coco_val/shards/shard-{000000..000004}.tar" --split coco_voc \\
-        --size 1024 --out run/eval.json
+        --shards "coco_val/shards/shard-{000000..000004}.tar" --class-split coco_voc \\
+        --image-size 1024 --output run/eval.json --per-class --plot run/per_class.png \\
+        --detections run/detections.json
+
+In Python, from a checkpoint to the result dict (the JSON of ``--output``):
+
+    model = load_model("run/checkpoint.pt")                       # models.predict
+    names = [*base, *novel]
+    result = evaluate_model(model, eval_dataset("coco_val", size=default_image_size(model)),
+                            names, base, novel)
+    result["summary"]["novel"]["mask_AP50"], result["per_class"]["dog"]["mask_AP50"]
 
 One deterministic pass over the shards (`alp_dataset.datasets.CocoShardDataset` in exact-epoch
 mode, no shuffling, crowd instances kept). Each image goes through `GroundTruthEvalTransform`:
-`EvalTransform` (longer side resized to ``--size``, padded to a square; the batch is zero-padded
-further to a multiple of 128 when ``--size`` is not one) that also keeps every instance's box
-and mask *as decoded from the shard*, i.e. in the original image's pixels. The ground truth for
-the metrics is built from those originals, so it is exactly the stored annotation (no resampling
-there and back); predictions are mapped to the original pixels with the transform's `Geometry`
-(`boxes_to_input`, and `masks_to_input` on the mask probabilities, thresholded at 0.5).
+`EvalTransform` (longer side resized to ``--image-size``, padded to a square; the batch is
+zero-padded further to a multiple of 128 when ``--image-size`` is not one) that also keeps every
+instance's box and mask *as decoded from the shard*, i.e. in the original image's pixels. The
+ground truth for the metrics is built from those originals, so it is exactly the stored
+annotation (no resampling there and back); predictions are mapped to the original pixels with
+the transform's `Geometry` (`boxes_to_input`, and `masks_to_input` on the mask probabilities,
+thresholded at 0.5).
+
+Before the model loads, the shards are checked (`models.evaluation.shards`): files that do not
+exist, shards that hold no image and ALP shards (`pipelines/extract_alps.py`, no masks) are
+usage errors naming the path; the manifests' sample counts give the progress bar its total.
 
 Classes: the model scores the split's class names (base first, then novel), embedded with the
 checkpoint's text encoder through the prompt ensemble. COCO category ids come from the shards
@@ -21,10 +36,13 @@ COCO's ignored regions for COCO AP and group-of instances for the Open Images me
 
 Metrics (`models.evaluation`): COCO AP / AP50 / AP75 through pycocotools for masks and boxes,
 and the Open-Images-challenge mask AP50 (every class verified on every image: COCO is annotated
-exhaustively). On Open Images shards (`pipelines/build_oid_shards.py`, told by their manifest)
-only the challenge's metric is computed, with each image's verified labels and the class
-hierarchy; ``--submission`` writes the challenge's submission CSV, ``--results-json`` COCO's
-results file. The table printed has rows all / base / novel; ``--out`` writes everything as JSON.
+exhaustively), per subset and per class. On Open Images shards (`pipelines/build_oid_shards.py`,
+told by their manifest) only the challenge's metric is computed, with each image's verified
+labels and the class hierarchy; ``--submission`` writes the challenge's submission CSV.
+``--detections`` writes COCO's results JSON (RLE masks), ``--output`` everything as JSON,
+``--plot`` the per-class mask AP50 chart. Every AP, in the table and the JSON, is in percent
+(the JSON's ``"units": "percent"``); the library metrics (`coco_metrics`, `oid_mask_ap50`)
+return fractions in [0, 1] as pycocotools does.
 """
 
 from __future__ import annotations
@@ -44,6 +62,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from alp_curation import flags
 from alp_dataset.coco_shards import encode_mask
 from alp_dataset.datasets import CocoShardDataset, shard_urls
 from alp_dataset.loader import make_loader
@@ -53,17 +72,25 @@ from models.evaluation import ImageDetections, coco_metrics, oid_mask_ap50
 from models.evaluation.collect import (
     ORIGINAL_BOXES,
     ORIGINAL_MASKS,
+    UNITS,
     GroundTruthCollector,
+    coco_in_percent,
+    format_per_class,
     format_table,
+    oid_in_percent,
+    per_class,
     summary,
     write_detections,
 )
 from models.evaluation.oid_ground_truth import OidClassTable, find_oid_manifest
+from models.evaluation.shards import ShardsError, inspect_eval_shards
 from models.predict import (
     default_device,
+    default_image_size,
+    embed_classes,
     inference_settings,
     load_for_inference,
-    parse_class_list,
+    load_model,
     predict_batch,
 )
 
@@ -72,9 +99,12 @@ __all__ = [
     "ORIGINAL_MASKS",
     "GroundTruthEvalTransform",
     "build_parser",
+    "default_image_size",
     "eval_dataset",
     "evaluate_model",
+    "format_per_class",
     "format_table",
+    "load_model",
     "main",
 ]
 
@@ -104,8 +134,10 @@ class GroundTruthEvalTransform(EvalTransform):
 
 
 def eval_dataset(urls: str | Sequence[str], *, size: int, **kwargs: Any) -> CocoShardDataset:
-    """COCO shards read once in a fixed order, crowds kept, through `GroundTruthEvalTransform`
-    (what `evaluate_model` needs). ``kwargs`` go to `CocoShardDataset`."""
+    """COCO or Open Images shards (a pipeline's output folder, a brace pattern, a list) read
+    once in a fixed order, crowds kept, through `GroundTruthEvalTransform` with longer side
+    ``size`` (what `evaluate_model` needs; `models.predict.default_image_size` gives the
+    checkpoint's). ``kwargs`` go to `CocoShardDataset`."""
     options: dict[str, Any] = {
         "epoch_length": None,
         "shuffle_buffer": 0,
@@ -127,6 +159,16 @@ def _as_loader(data: Any, batch_size: int, workers: int) -> Iterable[Any]:
     return make_loader(data, batch_size=batch_size, num_workers=workers)
 
 
+def _bar_total(data: Any, limit: int | None) -> int | None:
+    """Images the pass will read, when the shards' manifests say (and ``limit`` caps it);
+    `ShardsError` for shards that cannot be evaluated (`inspect_eval_shards`)."""
+    urls = getattr(getattr(data, "dataset", data), "urls", None)
+    known = inspect_eval_shards(urls).num_images if urls else None
+    if known is None:
+        return limit
+    return known if limit is None else min(known, limit)
+
+
 def evaluate_model(
     model: torch.nn.Module,
     dataset_or_loader: Any,
@@ -134,7 +176,7 @@ def evaluate_model(
     base: Sequence[str],
     novel: Sequence[str],
     *,
-    class_embeddings: torch.Tensor,
+    class_embeddings: torch.Tensor | None = None,
     device: str | torch.device | None = None,
     batch_size: int = 4,
     workers: int = 0,
@@ -145,31 +187,40 @@ def evaluate_model(
     oid_classes: OidClassTable | None = None,
     group_of_weight: float = 1.0,
     submission_csv: str | Path | None = None,
-    results_json: str | Path | None = None,
+    detections_json: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run ``model`` over a dataset from `eval_dataset` (or a loader of its batches, made with
     `alp_dataset.loader.collate`) and compute the metrics.
 
-    ``class_embeddings`` (C, D) rows belong to ``class_names``, the model's label order;
-    ``base`` and ``novel`` are disjoint subsets of ``class_names``. ``limit`` stops after that
-    many images; the thresholds, when given, override the model's for this run.
+    ``class_names`` is the model's label order; ``base`` and ``novel`` are disjoint subsets of
+    it. ``class_embeddings`` (C, D) rows belong to ``class_names`` (default: `embed_classes` of
+    a model from `load_model`). ``limit`` stops after that many images; the thresholds, when
+    given, override the model's for this run.
 
     Open Images shards (``oid_classes``, from their manifest): category ids are the table's for
     every kept class (a parent class can have positives through its children without
     instances of its own); the metric is the challenge's (`oid_mask_ap50` with the images'
     verified labels, the hierarchy and ``group_of_weight``); COCO AP, which assumes exhaustive
     annotation, is not computed. ``submission_csv`` writes the challenge submission file (Open
-    Images shards only), ``results_json`` COCO's results file.
+    Images shards only), ``detections_json`` COCO's results JSON (``image_id`` as the shards
+    hold it, ``category_id``, ``bbox`` [x, y, w, h] in original pixels, ``score``,
+    ``segmentation`` RLE with str ``counts``: what ``pycocotools.COCO.loadRes`` reads).
 
-    Returns ``{"num_images", "seconds", "data_errors", "classes": {"base", "novel", "absent"},
-    "category_ids": {name: id}, "summary": {subset: {"mask_AP", "mask_AP50", "box_AP",
-    "box_AP50", "oid_mask_AP50"}}, "coco": `coco_metrics` output, "oid": `oid_mask_ap50`
-    output}``; AP values in [0, 1], None where a subset has no ground truth.
+    Returns ``{"units": "percent", "num_images", "seconds", "data_errors", "classes": {"base",
+    "novel", "absent"}, "category_ids": {name: id}, "summary": {subset: {"mask_AP",
+    "mask_AP50", "box_AP", "box_AP50", "oid_mask_AP50"}}, "per_class": {name: {"category_id",
+    "part", "num_gt", and the keys of summary}}, "coco": `coco_metrics` output, "oid":
+    `oid_mask_ap50` output}``; every AP in percent (0-100), None where a subset or class has no
+    ground truth (or, on Open Images shards, for the COCO metrics).
+    `models.evaluation.shards.ShardsError` (a ValueError) when the shards cannot be evaluated
+    (missing, ALP shards) or hold no image.
     """
     class_names = list(class_names)
     outside = sorted(set(base) - set(class_names)) + sorted(set(novel) - set(class_names))
     if outside:
         raise ValueError(f"base / novel classes {outside} are not among class_names")
+    if class_embeddings is None:
+        class_embeddings = embed_classes(model, class_names)
     if len(class_embeddings) != len(class_names):
         raise ValueError(
             f"{len(class_names)} class names but {len(class_embeddings)} class embeddings"
@@ -178,7 +229,8 @@ def evaluate_model(
         device = next(model.parameters()).device
     collected = GroundTruthCollector()
     start = time.perf_counter()
-    bar = tqdm(total=limit, unit="image", desc="evaluate", disable=not progress, file=sys.stderr)
+    total = _bar_total(dataset_or_loader, limit)
+    bar = tqdm(total=total, unit="image", desc="evaluate", disable=not progress, file=sys.stderr)
     with inference_settings(model, score_threshold=score_threshold, nms_threshold=nms_threshold):
         for images, targets in _as_loader(dataset_or_loader, batch_size, workers):
             if limit is not None:
@@ -197,6 +249,14 @@ def evaluate_model(
             if limit is not None and len(collected.images) >= limit:
                 break
     bar.close()
+    data = getattr(dataset_or_loader, "dataset", dataset_or_loader)
+    if not collected.images:
+        urls = getattr(data, "urls", None) or ["(a loader)"]
+        more = f" and {len(urls) - 1} more" if len(urls) > 1 else ""
+        raise ShardsError(
+            f"shards {urls[0]}{more}: no image read (empty shards, or every sample unreadable: "
+            "see the warnings above)"
+        )
 
     present = dict(oid_classes.category_ids) if oid_classes else collected.category_of
     label_to_category = np.array([present.get(n, -1) for n in class_names], dtype=np.int64)
@@ -231,27 +291,26 @@ def evaluate_model(
             hierarchy=oid_classes.ancestors,
             group_of_weight=group_of_weight,
         )
-    write_detections(collected, detections, oid_classes, submission_csv, results_json)
-    errors = getattr(dataset_or_loader, "dataset", dataset_or_loader)
+    write_detections(collected, detections, oid_classes, submission_csv, detections_json)
+    coco, oid = coco_in_percent(coco), oid_in_percent(oid)
+    category_ids = {n: present[n] for n in (*base, *novel) if n in present}
     return {
+        "units": UNITS,
         "num_images": len(collected.images),
         "seconds": time.perf_counter() - start,
         # Shards / samples the dataset skipped as unreadable (CocoShardDataset, on_error="warn").
-        "data_errors": errors.error_counts() if hasattr(errors, "error_counts") else None,
+        "data_errors": data.error_counts() if hasattr(data, "error_counts") else None,
         "classes": {
             "base": list(base),
             "novel": list(novel),
             "absent": [n for n in (*base, *novel) if n not in present],
         },
-        "category_ids": {n: present[n] for n in (*base, *novel) if n in present},
+        "category_ids": category_ids,
         "summary": summary(coco, oid),
+        "per_class": per_class(coco, oid, category_ids, novel),
         "coco": coco,
         "oid": oid,
     }
-
-
-# ---------------------------------------------------------------------------------------------
-# Output
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,8 +320,10 @@ def evaluate_model(
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m models.evaluate",
-        description="Evaluate a detector checkpoint (any --arch) on COCO shards: COCO mask / box "
-        "AP and Open-Images-style mask AP50 for all, base and novel classes.",
+        formatter_class=flags.HelpFormatter,
+        description="Evaluate a detector checkpoint (any --arch) on COCO or Open Images shards: "
+        "COCO mask / box AP and Open-Images-style mask AP50 for all, base and novel classes, "
+        "and per class. Every AP is in percent.",
     )
     parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="model checkpoint")
     parser.add_argument(
@@ -276,17 +337,29 @@ def build_parser() -> argparse.ArgumentParser:
         "for more",
     )
     parser.add_argument(
-        "--split",
+        "--class-split",
         metavar="NAME_OR_CSV",
         help="class split of alp_dataset.class_splits (coco_voc, coco_nonvoc, coco_zsd_48_17), "
         "or a CSV of Open Images classes: class descriptions (base classes by the shipped COCO "
         "correspondence, printed) or display_name,mid,coco_name",
     )
     parser.add_argument(
+        "--base-classes",
+        type=flags.class_list,
+        metavar="A,B",
+        help="base class names, comma-separated (instead of --class-split)",
+    )
+    parser.add_argument(
+        "--novel-classes",
+        type=flags.class_list,
+        metavar="C,D",
+        help="novel class names, comma-separated (with --base-classes)",
+    )
+    parser.add_argument(
         "--hierarchy",
         metavar="JSON",
         help="Open Images shards: the class hierarchy JSON to expand the ground truth with; "
-        "default: the one the shards' manifest recorded (none: no expansion)",
+        "None: the one the shards' manifest recorded (none recorded: no expansion)",
     )
     parser.add_argument(
         "--group-of-weight",
@@ -295,38 +368,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="W",
         help="Open Images shards: true positives a hit group-of instance counts for (1: one, "
         "the challenge's detection rule; 0: its segmentation evaluator's, group-of detections "
-        "ignored); default: 1",
+        "ignored)",
     )
     parser.add_argument(
-        "--submission",
-        metavar="CSV",
-        help="Open Images shards: write the detections as the challenge's submission CSV "
-        "(ImageID,ImageWidth,ImageHeight,PredictionString)",
-    )
-    parser.add_argument(
-        "--results-json",
-        metavar="JSON",
-        help="write the detections as COCO results JSON (image ids as the shards hold them)",
-    )
-    parser.add_argument(
-        "--base-classes", metavar="A,B", help="base class names (instead of --split)"
-    )
-    parser.add_argument(
-        "--novel-classes", metavar="C,D", help="novel class names (with --base-classes)"
-    )
-    parser.add_argument(
-        "--size",
+        "--image-size",
         type=int,
         default=None,
         metavar="S",
         help="longer image side fed to the model (padded to S x S, then to a multiple of 128); "
-        "default: the training crop side of the checkpoint (--image-size)",
+        "None: the training crop side of the checkpoint (its --image-size)",
     )
+    parser.add_argument("--batch-size", type=int, default=4, metavar="B", help="images per batch")
     parser.add_argument(
-        "--batch-size", type=int, default=4, metavar="B", help="images per batch; default: 4"
-    )
-    parser.add_argument(
-        "--workers", type=int, default=0, metavar="W", help="DataLoader workers; default: 0"
+        "--num-workers", type=int, default=0, metavar="W", help="DataLoader workers"
     )
     parser.add_argument(
         "--limit", type=int, default=None, metavar="N", help="stop after N images (a quick look)"
@@ -336,18 +390,48 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         metavar="X",
-        help="IoU threshold of the class-wise NMS; default: the model's",
+        help="IoU threshold of the class-wise NMS; None: the model's",
     )
     parser.add_argument(
         "--score-threshold",
         type=float,
         default=None,
         metavar="X",
-        help="candidates scoring at most X are dropped before NMS; default: the model's",
+        help="candidates scoring at most X are dropped before NMS; None: the model's",
     )
-    parser.add_argument("--out", metavar="JSON", help="write all results to this JSON file")
     parser.add_argument(
-        "--device", default=None, help="torch device (cpu, cuda); default: cuda when available"
+        "--output",
+        metavar="JSON",
+        help="write all results (summary, per class, the metrics' details; AP in percent) to "
+        "this JSON file",
+    )
+    parser.add_argument(
+        "--per-class",
+        action="store_true",
+        help="also print the per-class table (the JSON of --output always holds it)",
+    )
+    parser.add_argument(
+        "--plot",
+        metavar="PNG",
+        help="draw the per-class mask AP50, sorted, base and novel classes in two colours, to "
+        "this PNG (Open Images shards: the challenge's mask AP50)",
+    )
+    parser.add_argument(
+        "--detections",
+        metavar="JSON",
+        help="write the detections as COCO results JSON (image_id as the shards hold it, "
+        "category_id, bbox [x, y, w, h] in original pixels, score, RLE segmentation), which "
+        "pycocotools' COCO.loadRes reads",
+    )
+    parser.add_argument("--results-json", dest="detections", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--submission",
+        metavar="CSV",
+        help="Open Images shards: write the detections as the challenge's submission CSV "
+        "(ImageID,ImageWidth,ImageHeight,PredictionString)",
+    )
+    parser.add_argument(
+        "--device", default=None, help="torch device (cpu, cuda); None: cuda when available"
     )
     return parser
 
@@ -356,46 +440,67 @@ def _classes(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple
     from alp_dataset.class_splits import get_split, is_split_file
 
     by_list = args.base_classes is not None or args.novel_classes is not None
-    if (args.split is None) == (not by_list):
-        parser.error("give either --split or --base-classes with --novel-classes")
-    try:
-        if args.split is not None:
-            split = get_split(args.split)
-            if is_split_file(args.split):
-                from alp_dataset.oid_classes import format_matches, split_from_csv
-
-                print(
-                    format_matches(split_from_csv(args.split), source=args.split), file=sys.stderr
-                )
-            return list(split.base), list(split.novel)
+    if (args.class_split is None) == (not by_list):
+        parser.error("give either --class-split or --base-classes with --novel-classes")
+    if args.class_split is None:
         if args.base_classes is None or args.novel_classes is None:
             parser.error("--base-classes and --novel-classes go together")
-        base = parse_class_list(args.base_classes)
-        novel = parse_class_list(args.novel_classes)
+        base, novel = list(args.base_classes), list(args.novel_classes)
+        both = sorted(set(base) & set(novel))
+        if both:
+            parser.error(f"{both} are both base and novel classes")
+        return base, novel
+    try:
+        split = get_split(args.class_split)
+        if is_split_file(args.class_split):
+            from alp_dataset.oid_classes import format_matches, split_from_csv
+
+            report = format_matches(split_from_csv(args.class_split), source=args.class_split)
+            print(report, file=sys.stderr)
     except ValueError as exc:
-        parser.error(str(exc))
-    both = sorted(set(base) & set(novel))
-    if both:
-        parser.error(f"{both} are both base and novel classes")
-    return base, novel
+        parser.error(f"--class-split: {exc}")
+    return list(split.base), list(split.novel)
+
+
+def _write_outputs(args: argparse.Namespace, result: dict[str, Any]) -> None:
+    if args.output:
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        print(f"wrote {out}", file=sys.stderr)
+    if args.plot:
+        from models.evaluation.plot import plot_per_class_ap50
+
+        metric = "mask_AP50" if result["coco"] else "oid_mask_AP50"
+        name = Path(args.checkpoint).parent.name or Path(args.checkpoint).stem
+        title = f"{name}: per-class {'mask AP50' if result['coco'] else 'OID mask AP50'} (%)"
+        try:
+            plot_per_class_ap50(result["per_class"], args.plot, metric=metric, title=title)
+        except ValueError as exc:
+            print(f"--plot {args.plot}: not written: {exc}", file=sys.stderr)
+        else:
+            print(f"wrote {args.plot}", file=sys.stderr)
+    if args.detections:
+        print(f"wrote {args.detections}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = flags.parse_args(parser, argv)
     base, novel = _classes(args, parser)
-    for flag, value in (("--size", args.size), ("--batch-size", args.batch_size)):
+    for flag, value in (("--image-size", args.image_size), ("--batch-size", args.batch_size)):
         if value is not None and value < 1:
             parser.error(f"{flag} must be positive, got {value}")
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit must be positive, got {args.limit}")
+    if args.num_workers < 0:
+        parser.error(f"--num-workers must be >= 0, got {args.num_workers}")
     try:
         urls = [u for pattern in args.shards for u in shard_urls(pattern)]
-    except ValueError as exc:
-        parser.error(f"--shards: {exc}")
-    if not urls:
-        parser.error(f"--shards {args.shards}: no shard files")
+        inspect_eval_shards(urls)
+    except ValueError as exc:  # ShardsError too: its message starts with "shards"
+        message = str(exc)
+        parser.error(f"--{message}" if message.startswith("shards") else f"--shards: {message}")
     try:
         manifest = find_oid_manifest(args.shards)
         hierarchy = load_hierarchy(args.hierarchy) if args.hierarchy else None
@@ -407,40 +512,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = args.device or default_device()
 
     class_names = [*base, *novel]
-    model, config, embeddings, args.size = load_for_inference(
-        parser, args.checkpoint, class_names, size=args.size, device=device
+    model, config, embeddings, size = load_for_inference(
+        parser, args.checkpoint, class_names, size=args.image_size, device=device
     )
-    result = evaluate_model(
-        model,
-        eval_dataset(urls, size=args.size),
-        class_names,
-        base,
-        novel,
-        class_embeddings=embeddings,
-        device=device,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        limit=args.limit,
-        score_threshold=args.score_threshold,
-        nms_threshold=args.nms_threshold,
-        oid_classes=oid_classes,
-        group_of_weight=args.group_of_weight,
-        submission_csv=args.submission,
-        results_json=args.results_json,
-    )
+    try:
+        result = evaluate_model(
+            model,
+            eval_dataset(urls, size=size),
+            class_names,
+            base,
+            novel,
+            class_embeddings=embeddings,
+            device=device,
+            batch_size=args.batch_size,
+            workers=args.num_workers,
+            limit=args.limit,
+            score_threshold=args.score_threshold,
+            nms_threshold=args.nms_threshold,
+            oid_classes=oid_classes,
+            group_of_weight=args.group_of_weight,
+            submission_csv=args.submission,
+            detections_json=args.detections,
+        )
+    except ShardsError as exc:  # what the manifests could not tell before the pass
+        parser.error(f"--{exc}")
     result = {
         "checkpoint": os.fspath(args.checkpoint),
         "shards": urls,
-        "size": args.size,
+        "image_size": size,
         "text_encoder": config["text_encoder"],
         **result,
     }
     print(format_table(result))
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        print(f"wrote {out}", file=sys.stderr)
+    if args.per_class:
+        print()
+        print(format_per_class(result))
+    _write_outputs(args, result)
     return 0
 
 

@@ -1,7 +1,9 @@
-"""COCO AP, AP50, AP75 for masks and boxes through pycocotools, for all / base / novel classes.
+"""COCO AP, AP50, AP75 for masks and boxes through pycocotools, for all / base / novel classes
+and for each class.
 
     coco = coco_metrics(gt, dets, base_category_ids=[18], novel_category_ids=[1])
     coco["segm"]["novel"]["AP50"]
+    coco["segm"]["per_class"][18]["AP50"]
 
 The inputs and the conventions shared with the Open Images metric are in `models.evaluation`.
 """
@@ -86,6 +88,15 @@ def _mean_precision(precision: np.ndarray) -> float | None:
     return float(valid.mean()) if valid.size else None
 
 
+def _ap_values(precision: np.ndarray, iou_thrs: np.ndarray) -> dict[str, float | None]:
+    """AP, AP50, AP75 of a (T, R, K) slice of COCOeval's precision (area "all", max_dets)."""
+    return {
+        "AP": _mean_precision(precision),
+        "AP50": _mean_precision(precision[np.isclose(iou_thrs, 0.5)]),
+        "AP75": _mean_precision(precision[np.isclose(iou_thrs, 0.75)]),
+    }
+
+
 def coco_metrics(
     gt: Mapping[str, Any],
     detections: Iterable[ImageDetections | Mapping[str, Any]],
@@ -99,7 +110,8 @@ def coco_metrics(
     subsets "all", "base" and "novel" (module doc for the conventions).
 
     Returns ``{iou_type: {subset: {"AP", "AP50", "AP75", "num_classes", "num_classes_with_gt",
-    "num_gt"}}}`` with AP values in [0, 1], or None for a subset without ground truth. pycocotools
+    "num_gt"}, "per_class": {category_id: {"name", "AP", "AP50", "AP75", "num_gt"}}}}`` with AP
+    values in [0, 1], or None for a subset or class without ground truth. pycocotools
     evaluates and accumulates once over all classes; a subset's numbers average its classes'
     slice of the precision array, which is what COCOeval with ``params.catIds`` restricted to the
     subset gives (classes are evaluated independently).
@@ -144,10 +156,15 @@ def coco_metrics(
             }
             if precision is not None and num_gt > 0:
                 ks = [evaluator.params.catIds.index(c) for c in cat_ids]
-                p = precision[:, :, ks, 0, -1]  # (T, R, K_subset): area "all", max_dets
-                entry["AP"] = _mean_precision(p)
-                entry["AP50"] = _mean_precision(p[np.isclose(iou_thrs, 0.5)])
-                entry["AP75"] = _mean_precision(p[np.isclose(iou_thrs, 0.75)])
+                entry.update(_ap_values(precision[:, :, ks, 0, -1], iou_thrs))
             per_type[name] = entry
-        out[iou_type] = per_type
+        per_class: dict[int, dict[str, Any]] = {}
+        for k, category_id in enumerate(evaluator.params.catIds):
+            name = truth.categories.get(int(category_id), str(category_id))
+            entry = {"name": name, "AP": None, "AP50": None, "AP75": None,
+                     "num_gt": counts[category_id]}  # fmt: skip
+            if precision is not None and counts[category_id] > 0:
+                entry.update(_ap_values(precision[:, :, [k], 0, -1], iou_thrs))
+            per_class[int(category_id)] = entry
+        out[iou_type] = {**per_type, "per_class": per_class}
     return out

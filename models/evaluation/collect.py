@@ -17,14 +17,20 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from models.evaluation.oid_ground_truth import OidClassTable
-from models.evaluation.records import ImageDetections
+from models.evaluation.records import SUBSETS, ImageDetections
 from models.evaluation.submission import write_coco_results, write_oid_submission
 
 __all__ = [
     "ORIGINAL_BOXES",
     "ORIGINAL_MASKS",
+    "UNITS",
     "GroundTruthCollector",
+    "coco_in_percent",
+    "format_per_class",
     "format_table",
+    "oid_in_percent",
+    "per_class",
+    "percent",
     "summary",
     "write_detections",
 ]
@@ -106,6 +112,10 @@ def write_detections(
     submission_csv: str | Path | None,
     results_json: str | Path | None,
 ) -> None:
+    """Write the challenge's submission CSV and / or COCO's results JSON (folders made)."""
+    for path in (submission_csv, results_json):
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
     if submission_csv is not None:
         if oid_classes is None:
             raise ValueError("a submission CSV needs Open Images shards (ImageIDs, LabelNames)")
@@ -122,9 +132,50 @@ def _rle_area(rle: Mapping[str, Any]) -> int:
     return int(mask_utils.area(dict(rle)))
 
 
+AP_KEYS = ("AP", "AP50", "AP75", "ap50")  # the AP values of the metrics' outputs
+UNITS = "percent"  # of every AP value `models.evaluate` reports (table and JSON)
+
+
+PERCENT_DECIMALS = 4  # far below any difference a table shows; keeps 100.0 from 99.99999999999999
+
+
+def percent(value: float | None) -> float | None:
+    """An AP in [0, 1] as a percentage (None stays None: no ground truth)."""
+    return None if value is None or math.isnan(value) else round(100.0 * value, PERCENT_DECIMALS)
+
+
+def _entry_in_percent(entry: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: percent(v) if k in AP_KEYS else v for k, v in entry.items()}
+
+
+def coco_in_percent(coco: Mapping[str, Any]) -> dict[str, Any]:
+    """`coco_metrics` output with every AP value in percent."""
+    out: dict[str, Any] = {}
+    for iou_type, per_type in coco.items():
+        out[iou_type] = {
+            subset: (
+                {c: _entry_in_percent(e) for c, e in entry.items()}
+                if subset == "per_class"
+                else _entry_in_percent(entry)
+            )
+            for subset, entry in per_type.items()
+        }
+    return out
+
+
+def oid_in_percent(oid: Mapping[str, Any]) -> dict[str, Any]:
+    """`oid_mask_ap50` output with every AP value in percent."""
+    out = {k: percent(oid[k]) for k in SUBSETS if k in oid}
+    out["num_classes_with_gt"] = dict(oid.get("num_classes_with_gt", {}))
+    out["per_class"] = {c: _entry_in_percent(e) for c, e in oid.get("per_class", {}).items()}
+    return out
+
+
 def summary(coco: Mapping[str, Any], oid: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per subset (all / base / novel) the headline numbers of `coco_metrics` and
+    `oid_mask_ap50` outputs, in their units."""
     out = {}
-    for subset in ("all", "base", "novel"):
+    for subset in SUBSETS:
         out[subset] = {
             "mask_AP": coco.get("segm", {}).get(subset, {}).get("AP"),
             "mask_AP50": coco.get("segm", {}).get(subset, {}).get("AP50"),
@@ -135,40 +186,88 @@ def summary(coco: Mapping[str, Any], oid: Mapping[str, Any]) -> dict[str, dict[s
     return out
 
 
-def percent(value: float | None) -> str:
-    return "-" if value is None or math.isnan(value) else f"{100 * value:.1f}"
+def per_class(
+    coco: Mapping[str, Any],
+    oid: Mapping[str, Any],
+    category_ids: Mapping[str, int],
+    novel: Sequence[str],
+) -> dict[str, dict[str, Any]]:
+    """Per class present in the data (``category_ids``: name -> id, in the split's order) the
+    numbers of `summary`, its part ("base" / "novel") and ``num_gt`` (instances with masks, crowds
+    left out; Open Images: a group-of counts as the metric's weight)."""
+    novel = set(novel)
+    segm = coco.get("segm", {}).get("per_class", {})
+    bbox = coco.get("bbox", {}).get("per_class", {})
+    oid_classes = oid.get("per_class", {})
+    out: dict[str, dict[str, Any]] = {}
+    for name, c in category_ids.items():
+        mask, box, challenge = segm.get(c, {}), bbox.get(c, {}), oid_classes.get(c, {})
+        num_gt = mask.get("num_gt", box.get("num_gt", challenge.get("num_gt", 0)))
+        out[name] = {
+            "category_id": c,
+            "part": "novel" if name in novel else "base",
+            "num_gt": num_gt,
+            "mask_AP": mask.get("AP"),
+            "mask_AP50": mask.get("AP50"),
+            "box_AP": box.get("AP"),
+            "box_AP50": box.get("AP50"),
+            "oid_mask_AP50": challenge.get("ap50"),
+        }
+    return out
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _columns(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
+                       enumerate(zip(r, widths, strict=True))) for r in rows]  # fmt: skip
+    lines.insert(1, "-" * len(lines[0]))
+    return lines
+
+
+METRIC_COLUMNS = (
+    ("mask AP", "mask_AP"),
+    ("mask AP50", "mask_AP50"),
+    ("box AP", "box_AP"),
+    ("box AP50", "box_AP50"),
+    ("OID mask AP50", "oid_mask_AP50"),
+)
 
 
 def format_table(result: Mapping[str, Any]) -> str:
     """The summary as a text table: rows all / base / novel, AP values in percent ("-": no
     ground truth in that subset)."""
-    header = ("classes", "mask AP", "mask AP50", "box AP", "box AP50", "OID mask AP50")
-    rows = [("", *header)]
+    rows = [("AP in %", "classes", *(h for h, _ in METRIC_COLUMNS))]
     segm = result["coco"].get("segm") or result["coco"].get("bbox")
     sizes = {"base": len(result["classes"]["base"]), "novel": len(result["classes"]["novel"])}
     sizes["all"] = sizes["base"] + sizes["novel"]
-    for subset in ("all", "base", "novel"):
+    for subset in SUBSETS:
         s = result["summary"][subset]
         if segm is not None:
             with_gt, of = segm[subset]["num_classes_with_gt"], segm[subset]["num_classes"]
         else:  # Open Images shards: the challenge metric only
             with_gt, of = result["oid"]["num_classes_with_gt"][subset], sizes[subset]
-        rows.append(
-            (
-                subset,
-                f"{with_gt}/{of}",
-                *(percent(s[k]) for k in ("mask_AP", "mask_AP50", "box_AP", "box_AP50")),
-                percent(s["oid_mask_AP50"]),
-            )
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
-                       enumerate(zip(r, widths, strict=True))) for r in rows]  # fmt: skip
-    lines.insert(1, "-" * len(lines[0]))
+        rows.append((subset, f"{with_gt}/{of}", *(_cell(s[k]) for _, k in METRIC_COLUMNS)))
     notes = [f"images: {result['num_images']}"]
     if result["classes"]["absent"]:
         notes.append(
             "classes of the split absent from the data (left out): "
             + ", ".join(result["classes"]["absent"])
         )
-    return "\n".join(lines + notes)
+    return "\n".join(_columns(rows) + notes)
+
+
+def format_per_class(result: Mapping[str, Any]) -> str:
+    """`per_class` of a result as a text table, one row per class (base first, then novel),
+    AP values in percent ("-": no ground truth of that class, or a metric not computed)."""
+    rows = [("class (AP in %)", "part", "instances", *(h for h, _ in METRIC_COLUMNS))]
+    table = result["per_class"]
+    for part in ("base", "novel"):
+        for name, entry in table.items():
+            if entry["part"] == part:
+                values = (_cell(entry[k]) for _, k in METRIC_COLUMNS)
+                rows.append((name, part, str(entry["num_gt"]), *values))
+    return "\n".join(_columns(rows))

@@ -1,4 +1,5 @@
-"""Tests for models/evaluate.py: ground truth in original pixels, an oracle model scoring ~100,
+"""Tests for models/evaluate.py: ground truth in original pixels, an oracle model scoring ~100
+(per class too, its detections a COCO results file pycocotools loads), the progress bar's total,
 and the command line on a tiny random model over synthetic COCO shards."""
 
 from __future__ import annotations
@@ -6,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,14 +16,17 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from pycocotools import mask as mask_utils
 
+from alp_curation import flags
 from alp_dataset.synthetic import write_world
 from models.architectures import ARCH_NAMES, ARCHITECTURES
 from models.evaluate import (
     ORIGINAL_BOXES,
     ORIGINAL_MASKS,
     GroundTruthEvalTransform,
+    build_parser,
     eval_dataset,
     evaluate_model,
     main,
@@ -102,12 +107,15 @@ class OracleModel(torch.nn.Module):
         return out
 
 
-def test_oracle_scores_full_marks_and_gt_is_in_original_pixels(coco_run: CocoRun) -> None:
+def test_oracle_scores_full_marks_and_gt_is_in_original_pixels(
+    coco_run: CocoRun, tmp_path: Path
+) -> None:
     # 100 is not a multiple of 128: the batch is padded, and the geometry still maps back.
     dataset = eval_dataset(coco_run.shards, size=100)
     targets = [t for _, t in dataset]
     class_names = [*BASE, *NOVEL]
     oracle = OracleModel(targets, class_names)
+    detections = tmp_path / "detections.json"
     result = evaluate_model(
         oracle,
         dataset,
@@ -118,20 +126,103 @@ def test_oracle_scores_full_marks_and_gt_is_in_original_pixels(coco_run: CocoRun
         device="cpu",
         batch_size=3,
         progress=False,
+        detections_json=detections,
     )
     assert result["num_images"] == N_IMAGES
+    assert result["units"] == "percent"
+    json.dumps(result)  # what --output writes: plain types only
     for subset in ("all", "base", "novel"):
         s = result["summary"][subset]
         if result["coco"]["segm"][subset]["num_gt"] == 0:
             continue
-        assert s["box_AP"] == pytest.approx(1.0, abs=1e-6)
-        assert s["mask_AP50"] == s["oid_mask_AP50"] == pytest.approx(1.0)
-        assert s["mask_AP"] > 0.8  # masks go 96 x 64 -> 100 x 67 (nearest) -> back (bilinear)
+        assert s["box_AP"] == pytest.approx(100.0, abs=1e-4)
+        assert s["mask_AP50"] == s["oid_mask_AP50"] == pytest.approx(100.0)
+        assert s["mask_AP"] > 80.0  # masks go 96 x 64 -> 100 x 67 (nearest) -> back (bilinear)
     # The category ids came from the shards, and every instance of the world was counted.
     world_ids = {c["name"]: c["id"] for c in coco_run.instances["categories"]}
     assert result["category_ids"] == {n: world_ids[n] for n in result["category_ids"]}
     n_gt = sum(result["oid"]["per_class"][c]["num_gt"] for c in result["oid"]["per_class"])
     assert n_gt == len(coco_run.instances["annotations"])
+    # Per class: every class of the data, labelled base / novel, in percent like the summary.
+    per_class = result["per_class"]
+    assert list(per_class) == [n for n in class_names if n in result["category_ids"]]
+    for name, entry in per_class.items():
+        assert entry["part"] == ("base" if name in BASE else "novel")
+        assert entry["category_id"] == world_ids[name]
+        count = sum(a["category_id"] == world_ids[name] for a in coco_run.instances["annotations"])
+        assert entry["num_gt"] == count > 0
+        assert entry["box_AP50"] == entry["mask_AP50"] == entry["oid_mask_AP50"] == 100.0
+        segm = result["coco"]["segm"]["per_class"][world_ids[name]]
+        assert (segm["name"], segm["AP50"], segm["num_gt"]) == (name, 100.0, count)
+    # The detections file is COCO results JSON that pycocotools loads against the world's own
+    # ground truth: original-pixel boxes, RLE masks with str counts.
+    from pycocotools.coco import COCO
+
+    written = json.loads(detections.read_text())
+    assert len(written) == len(coco_run.instances["annotations"])
+    for det in written:
+        assert set(det) >= {"image_id", "category_id", "bbox", "score", "segmentation"}
+        assert isinstance(det["segmentation"]["counts"], str)
+        assert det["segmentation"]["size"] == [64, 96]
+    truth = COCO()
+    truth.dataset = coco_run.instances
+    with contextlib.redirect_stdout(io.StringIO()):
+        truth.createIndex()
+        loaded = truth.loadRes(str(detections))
+    by_id = {a["id"]: a for a in coco_run.instances["annotations"]}
+    for ann in loaded.dataset["annotations"]:
+        best = max(
+            (a for a in by_id.values() if a["image_id"] == ann["image_id"]),
+            key=lambda a: mask_utils.iou([ann["segmentation"]], [a["segmentation"]], [0])[0][0],
+        )
+        assert ann["category_id"] == best["category_id"]
+        assert ann["bbox"] == pytest.approx(best["bbox"], abs=1.0)  # boxes in original pixels
+
+
+def test_from_a_checkpoint_to_the_result_in_python(
+    coco_run: CocoRun, tmp_path: Path, save_tiny_checkpoint: Callable[..., Path]
+) -> None:
+    from models.evaluate import default_image_size, load_model
+
+    # MaskX R-CNN: a fixed-class detector (no text encoder to load); embeddings by default.
+    model = load_model(save_tiny_checkpoint(tmp_path / "ckpt.pt", "maskx-rcnn"), device="cpu")
+    assert default_image_size(model) == 512  # the checkpoint records no training size
+    result = evaluate_model(
+        model, eval_dataset(coco_run.shards, size=64), [*BASE, *NOVEL], BASE, NOVEL,
+        limit=2, progress=False,
+    )  # fmt: skip
+    assert result["num_images"] == 2 and result["units"] == "percent"
+    assert set(result["per_class"]) <= set(CLASSES)
+
+
+def test_the_result_names_what_no_image_read_means(coco_run: CocoRun, tmp_path: Path) -> None:
+    from models.evaluation.shards import ShardsError
+
+    empty = tmp_path / "empty.tar"
+    with tarfile.open(empty, "w"):
+        pass
+    with pytest.raises(ShardsError, match=r"shards .*empty.tar: no image read"):
+        evaluate_model(
+            OracleModel([], ["circle"]), eval_dataset([str(empty)], size=64), ["circle"],
+            ["circle"], [], class_embeddings=torch.zeros(1, 8), device="cpu", progress=False,
+        )  # fmt: skip
+
+
+def test_the_progress_bar_knows_the_number_of_images(
+    coco_run: CocoRun, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from models.evaluate import _bar_total
+
+    dataset = eval_dataset(coco_run.shards, size=64)
+    assert _bar_total(dataset, None) == N_IMAGES  # from the manifest's rows
+    assert _bar_total(dataset, 3) == 3 and _bar_total(dataset, 10) == N_IMAGES
+    assert _bar_total([], 5) == 5  # a plain list: only the limit is known
+    targets = [t for _, t in dataset]
+    evaluate_model(
+        OracleModel(targets, [*BASE, *NOVEL]), dataset, [*BASE, *NOVEL], BASE, NOVEL,
+        class_embeddings=torch.zeros(4, 8), device="cpu", batch_size=2, progress=True,
+    )  # fmt: skip
+    assert f"{N_IMAGES}/{N_IMAGES}" in capsys.readouterr().err  # tqdm's total, hence its ETA
 
 
 def test_ground_truth_equals_the_world_annotations(coco_run: CocoRun) -> None:
@@ -162,6 +253,8 @@ def test_command_line_writes_json_and_prints_a_table(
     torch.set_num_threads(1)
     checkpoint = save_tiny_checkpoint(tmp_path / "ckpt.pt", arch)
     out = tmp_path / "eval" / "results.json"
+    plot = tmp_path / "eval" / "per_class.png"
+    detections = tmp_path / "eval" / "detections.json"
     # A fixed-class detector (MaskX R-CNN) is asked for its own classes only.
     fixed = ARCHITECTURES[arch].fixed_classes
     novel = "triangle,star" if fixed else "triangle,star,dragon"
@@ -170,17 +263,21 @@ def test_command_line_writes_json_and_prints_a_table(
             "--checkpoint", str(checkpoint),
             "--shards", coco_run.shards[0], "--shards", coco_run.shards[1],
             "--base-classes", "circle,square", "--novel-classes", novel,
-            "--size", "128", "--batch-size", "2", "--limit", "3",
-            "--score-threshold", "0.01", "--nms-threshold", "0.6",
-            "--out", str(out), "--device", "cpu",
+            "--image-size", "128", "--batch-size", "2", "--limit", "3",
+            "--score-threshold", "0.01", "--nms-threshold", "0.6", "--per-class",
+            "--output", str(out), "--plot", str(plot), "--detections", str(detections),
+            "--device", "cpu",
         ]
     )  # fmt: skip
     assert status == 0
-    printed = capsys.readouterr().out
-    for word in ("mask AP", "box AP50", "OID mask AP50", "all", "base", "novel"):
+    captured = capsys.readouterr()
+    printed = captured.out
+    for word in ("mask AP", "box AP50", "OID mask AP50", "all", "base", "novel", "AP in %"):
         assert word in printed
     result = json.loads(out.read_text())
-    assert result["num_images"] == 3
+    assert result["num_images"] == 3 and result["units"] == "percent"
+    assert result["image_size"] == 128
+    assert "3/3" in captured.err  # the bar's total: --limit under the manifests' 4 images
     absent = result["classes"]["absent"]
     if not fixed:
         assert "dragon" in printed and "dragon" in absent  # (the first 3 images may lack
@@ -191,26 +288,27 @@ def test_command_line_writes_json_and_prints_a_table(
         values = result["summary"][subset]
         assert set(values) == {"mask_AP", "mask_AP50", "box_AP", "box_AP50", "oid_mask_AP50"}
         for value in values.values():
-            assert value is None or 0.0 <= value <= 1.0
+            assert value is None or 0.0 <= value <= 100.0
         for iou_type in ("segm", "bbox"):
             assert {"AP", "AP50", "AP75", "num_gt"} <= set(result["coco"][iou_type][subset])
     assert result["coco"]["segm"]["all"]["num_gt"] > 0
+    # --per-class printed one row per class present, the JSON holds the same table.
+    assert set(result["per_class"]) == set(result["category_ids"])
+    for name, entry in result["per_class"].items():
+        assert any(line.startswith(name) and entry["part"] in line for line in printed.splitlines())
+    with Image.open(plot) as image:
+        assert image.format == "PNG" and image.size[0] > 300
+    written = json.loads(detections.read_text())
+    assert all(isinstance(d["segmentation"]["counts"], str) for d in written)
+    assert {d["image_id"] for d in written} <= {i["id"] for i in coco_run.instances["images"]}
     if fixed:  # a class the checkpoint does not have is a usage error naming its classes
         with pytest.raises(SystemExit) as exc:
             main(
                 [
-                    "--checkpoint",
-                    str(checkpoint),
-                    "--shards",
-                    coco_run.shards[0],
-                    "--base-classes",
-                    "circle",
-                    "--novel-classes",
-                    "dragon",
-                    "--device",
-                    "cpu",
+                    "--checkpoint", str(checkpoint), "--shards", coco_run.shards[0],
+                    "--base-classes", "circle", "--novel-classes", "dragon", "--device", "cpu",
                 ]
-            )
+            )  # fmt: skip
         assert exc.value.code == 2
         err = capsys.readouterr().err
         assert "['dragon'] are not classes of this checkpoint" in err and "circle" in err
@@ -218,22 +316,43 @@ def test_command_line_writes_json_and_prints_a_table(
 
 def test_command_line_rejects_bad_class_flags(capsys: pytest.CaptureFixture[str]) -> None:
     for argv in (
-        ["--checkpoint", "x", "--shards", "y"],  # neither --split nor classes
-        ["--checkpoint", "x", "--shards", "y", "--split", "coco_voc", "--base-classes", "a"],
+        ["--checkpoint", "x", "--shards", "y"],  # neither --class-split nor classes
+        ["--checkpoint", "x", "--shards", "y", "--class-split", "coco_voc", "--base-classes", "a"],
         ["--checkpoint", "x", "--shards", "y", "--base-classes", "a", "--novel-classes", "a"],
+        ["--checkpoint", "x", "--shards", "y", "--base-classes", "a,,b", "--novel-classes", "c"],
     ):
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 2
-    assert "both base and novel" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "both base and novel" in err and "empty name" in err
 
 
-def test_help_names_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
+def test_old_flag_spellings_still_work(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [
+        "--checkpoint", "c.pt", "--shards", "s", "--split", "coco_voc", "--size", "64",
+        "--workers", "2", "--out", "r.json", "--results-json", "d.json",
+    ]  # fmt: skip
+    args = flags.parse_args(build_parser(), argv)
+    assert (args.class_split, args.image_size, args.num_workers) == ("coco_voc", 64, 2)
+    assert (args.output, args.detections) == ("r.json", "d.json")
+    notes = capsys.readouterr().err
+    for old, new in (("--split", "--class-split"), ("--size", "--image-size"),
+                     ("--out", "--output"), ("--workers", "--num-workers")):  # fmt: skip
+        assert f"{old} is now spelled {new}" in notes
+
+
+def test_help_names_every_flag_with_a_help_text(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["--help"])
     text = capsys.readouterr().out
     for flag in (
-        "--checkpoint", "--shards", "--split", "--base-classes", "--novel-classes", "--size",
-        "--batch-size", "--limit", "--nms-threshold", "--score-threshold", "--out", "--device",
+        "--checkpoint", "--shards", "--class-split", "--base-classes", "--novel-classes",
+        "--image-size", "--batch-size", "--num-workers", "--limit", "--nms-threshold",
+        "--score-threshold", "--output", "--per-class", "--plot", "--detections", "--submission",
+        "--hierarchy", "--group-of-weight", "--device",
     ):  # fmt: skip
         assert flag in text
+    assert "--results-json" not in text  # the old spelling of --detections: hidden
+    for action in build_parser()._actions:
+        assert action.help, action.option_strings

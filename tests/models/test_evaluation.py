@@ -225,6 +225,10 @@ def test_coco_metrics_separate_base_and_novel() -> None:
         assert novel["AP"] == novel["AP50"] == 0.0
         assert every["AP"] == pytest.approx(0.5)  # mean of the two classes
         assert (base["num_gt"], novel["num_gt"], every["num_classes"]) == (2, 1, 2)
+        per_class = out[iou_type]["per_class"]
+        assert set(per_class) == {1, 2}
+        assert (per_class[1]["AP50"], per_class[1]["num_gt"]) == (pytest.approx(1.0), 2)
+        assert (per_class[2]["AP"], per_class[2]["num_gt"]) == (0.0, 1)
     oid = oid_mask_ap50(gt, detections, base_category_ids=[1], novel_category_ids=[2])
     assert (oid["base"], oid["novel"], oid["all"]) == (1.0, 0.0, 0.5)
 
@@ -260,6 +264,11 @@ def test_coco_subset_equals_cocoeval_with_restricted_cat_ids() -> None:
             assert out["segm"][subset]["AP"] == pytest.approx(evaluator.stats[0])
             assert out["segm"][subset]["AP50"] == pytest.approx(evaluator.stats[1])
             assert out["segm"][subset]["AP75"] == pytest.approx(evaluator.stats[2])
+            if len(cat_ids) == 1:  # one class: its per-class entry is COCOeval's on it alone
+                entry = out["segm"]["per_class"][cat_ids[0]]
+                assert entry["AP"] == pytest.approx(evaluator.stats[0])
+                assert entry["AP50"] == pytest.approx(evaluator.stats[1])
+                assert entry["AP75"] == pytest.approx(evaluator.stats[2])
 
 
 def test_coco_metrics_print_nothing(capsys: pytest.CaptureFixture[str]) -> None:
@@ -274,6 +283,9 @@ def test_box_only_instance_is_a_crowd_region_for_masks_only() -> None:
     out = coco_metrics(gt, detections, base_category_ids=[1], novel_category_ids=[])
     assert out["bbox"]["base"]["AP"] == pytest.approx(1.0)
     assert out["segm"]["base"]["AP"] is None and out["segm"]["base"]["num_gt"] == 0
+    assert out["segm"]["per_class"][1] == {  # a class without ground truth: None, never 0
+        "name": "class1", "AP": None, "AP50": None, "AP75": None, "num_gt": 0
+    }  # fmt: skip
 
 
 def test_input_forms_agree() -> None:

@@ -1,8 +1,10 @@
-"""Tests for models/predict.py and models/draw.py: mapping back, drawing, the command line on a
-real photo with a tiny random model."""
+"""Tests for models/predict.py and models/draw.py: mapping back (zero-area boxes dropped), one
+default image size, image lists, drawing the top k legibly, the command line on a real photo and
+on a folder of images with a tiny random model."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,11 +12,16 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pycocotools import mask as mask_utils
 
 from alp_dataset.transforms import EvalTransform
 from models.architectures import ARCH_NAMES, ARCHITECTURES
-from models.draw import colour_for, draw_predictions
+from models.draw import colour_for, draw_predictions, text_colour
 from models.predict import (
+    DEFAULT_IMAGE_SIZE,
+    CheckpointInfo,
+    default_image_size,
+    find_images,
     inference_settings,
     main,
     parse_class_list,
@@ -48,6 +55,30 @@ def test_predictions_map_back_to_the_original_pixels() -> None:
     rows, cols = np.nonzero(pred.masks[0])
     assert (rows.min(), rows.max(), cols.min(), cols.max()) == (10, 19, 20, 59)
     assert pred.labels.tolist() == [2] and pred.scores.tolist() == pytest.approx([0.9])
+
+
+def test_boxes_left_without_area_are_dropped_with_their_masks() -> None:
+    # A 40 x 80 image resized to 32 x 64, padded to 64 x 64: rows 32-63 are padding.
+    _, target = EvalTransform(size=64)(torch.zeros(3, 40, 80, dtype=torch.uint8))
+    masks = torch.zeros(4, 1, 64, 64)
+    masks[1, 0, 8:16, 16:48] = 1.0
+    output = {
+        "boxes_xyxy_px": torch.tensor(
+            [
+                [10.0, 40.0, 30.0, 60.0],  # in the padding: clipped to y 40..40
+                [16.0, 8.0, 48.0, 16.0],  # a real one
+                [20.0, 5.0, 20.0, 9.0],  # no width
+                [20.0, 5.0, 20.7, 9.0],  # 0.875 px wide in the original: degenerate
+            ]
+        ),
+        "scores": torch.tensor([0.9, 0.8, 0.7, 0.6]),
+        "labels": torch.tensor([0, 1, 2, 3]),
+        "masks": masks,
+    }
+    pred = predictions_to_input(output, target["geometry"])
+    assert pred.boxes_xyxy_px.tolist() == [[20.0, 10.0, 60.0, 20.0]]
+    assert pred.labels.tolist() == [1] and pred.scores.tolist() == pytest.approx([0.8])
+    assert pred.masks is not None and pred.masks.shape == (1, 40, 80) and pred.masks[0].any()
 
 
 class ConstantModel(torch.nn.Module):
@@ -85,6 +116,42 @@ def test_predict_image_pads_lowers_the_threshold_and_filters() -> None:
     assert model.seen[-1][1] == 0.05  # a higher threshold filters afterwards
 
 
+def test_predict_image_defaults_to_the_checkpoints_image_size() -> None:
+    model = ConstantModel()
+    image = np.zeros((50, 100, 3), dtype=np.uint8)
+    names, embeddings = ["cat", "dog"], torch.zeros(2, 4)
+    assert default_image_size(model) == DEFAULT_IMAGE_SIZE  # a model not from a checkpoint
+    predict_image(model, image, names, embeddings)
+    assert model.seen[-1][0] == (1, 3, DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE)
+    model.checkpoint_info = CheckpointInfo("ckpt.pt", "fcos-mo", None, image_size=200)
+    assert default_image_size(model) == 200  # what python -m models.predict uses too
+    predict_image(model, image, names, embeddings)
+    assert model.seen[-1][0] == (1, 3, 256, 256)  # 200, padded to a multiple of 128
+    with pytest.raises(ValueError, match="needs the text encoder"):  # no embeddings, no encoder
+        predict_image(model, image, names)
+
+
+def test_find_images_takes_files_folders_and_patterns(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("b.png", "a.JPG", "c.jpeg", "notes.txt"):
+        (folder / name).write_bytes(b"x")
+    single = tmp_path / "one.png"
+    single.write_bytes(b"x")
+    assert find_images([str(folder)]) == [folder / "a.JPG", folder / "b.png", folder / "c.jpeg"]
+    assert find_images([str(single), str(tmp_path / "photos" / "*.png"), str(single)]) == [
+        single, folder / "b.png"
+    ]  # fmt: skip
+    for spec, message in (
+        (tmp_path / "missing.png", "no such file or folder"),
+        (tmp_path / "*.gif", "the pattern matches no file"),
+        (tmp_path / "empty", "a folder without images"),
+    ):
+        (tmp_path / "empty").mkdir(exist_ok=True)
+        with pytest.raises(ValueError, match=message):
+            find_images([str(spec)])
+
+
 def test_inference_settings_name_a_missing_attribute() -> None:
     with (
         pytest.raises(AttributeError, match="nms_threshold"),
@@ -104,7 +171,49 @@ def test_draw_predictions_paints_masks_and_boxes() -> None:
     colour = np.asarray(colour_for(pred))
     assert np.allclose(drawn[25, 20], (200 + colour) / 2, atol=1)  # inside the mask, blended
     assert (drawn[25, 10] == colour).all()  # on the box's left edge
-    assert (drawn[5, 50] == 200).all()  # far away: untouched
+    assert (drawn[38, 55] == 200).all()  # far away (below the box and its caption): untouched
+
+
+def test_draw_only_the_top_k_with_legible_captions() -> None:
+    image = np.full((200, 300, 3), 128, dtype=np.uint8)
+    # Ten boxes in a row, scores falling left to right; only the best three are drawn.
+    preds = [
+        {"label": f"c{i}", "class_index": 0, "score": 1 - i / 20,
+         "box_xyxy_px": [10 + 28 * i, 100, 30 + 28 * i, 150], "mask": None}
+        for i in range(10)
+    ]  # fmt: skip
+    drawn = np.asarray(draw_predictions(image, preds[::-1], top_k=3, line_width=2))
+    colour = np.asarray(colour_for(preds[0]))
+    for i in range(10):
+        left_edge = drawn[125, 10 + 28 * i]  # the middle of the box's left side
+        assert (left_edge == colour).all() == (i < 3), i
+    everything = np.asarray(draw_predictions(image, preds, top_k=None, line_width=2))
+    assert (everything[125, 10 + 28 * 9] == colour).all()
+    assert text_colour((240, 228, 66)) == (0, 0, 0)  # black on yellow
+    assert text_colour((0, 114, 178)) == (255, 255, 255)  # white on blue
+    with pytest.raises(ValueError, match="top_k"):
+        draw_predictions(image, preds, top_k=-1)
+
+
+def test_captions_scale_with_the_image_and_do_not_overlap() -> None:
+    def caption_rows(h: int) -> int:
+        image = np.zeros((h, h, 3), dtype=np.uint8)
+        box = [h * 0.3, h * 0.3, h * 0.6, h * 0.6]
+        pred = {"label": "dog", "class_index": 4, "score": 0.9, "box_xyxy_px": box}
+        drawn = np.asarray(draw_predictions(image, [pred], line_width=1))
+        colour = np.asarray(colour_for(pred))
+        column = round(h * 0.3) + 2  # inside the caption, left of the text
+        rows = np.flatnonzero((drawn[:, column] == colour).all(axis=1))
+        return int((rows < round(h * 0.3)).sum())  # caption rows above the box
+
+    assert caption_rows(1000) > 2 * caption_rows(300) > 0  # ~2.5 % of the side
+    image = np.zeros((200, 200, 3), dtype=np.uint8)
+    same = [{"label": "a", "class_index": i, "score": 0.9 - i / 10,
+             "box_xyxy_px": [50, 50, 150, 150]} for i in range(2)]  # fmt: skip
+    drawn = np.asarray(draw_predictions(image, same, line_width=1))
+    # The second caption cannot sit where the first does: it moves inside the box.
+    assert (drawn[55, 51] == colour_for(same[1])).all()  # (left of the text: the padding)
+    assert (drawn[45, 51] == colour_for(same[0])).all()
 
 
 @pytest.mark.slow
@@ -129,7 +238,7 @@ def test_command_line_draws_on_a_real_photo(
     )
     common = [
         "--checkpoint", str(checkpoint), "--image", str(tmp_path / "astronaut.png"),
-        "--out", str(out), "--score-threshold", "0", "--size", "128", "--device", "cpu",
+        "--output", str(out), "--score-threshold", "0", "--image-size", "128", "--device", "cpu",
     ]  # fmt: skip
     if fixed:
         with pytest.raises(SystemExit) as exc:
@@ -170,7 +279,7 @@ def test_command_line_names_a_bad_image_or_checkpoint(
     for image, checkpoint, flag in cases:
         with pytest.raises(SystemExit) as exc:
             main(["--checkpoint", str(checkpoint), "--image", str(image), "--classes", "dog",
-                  "--out", str(out)])  # fmt: skip
+                  "--output", str(out)])  # fmt: skip
         assert exc.value.code == 2
         err = capsys.readouterr().err
         assert f"{flag} " in err or f"{flag}:" in err, err
@@ -185,7 +294,7 @@ def test_inference_loading_takes_the_checkpoints_size_and_names_a_bad_encoder(
 
     from models.architectures import FCOSMOConfig, build_model
     from models.engine.checkpoint import load_checkpoint, save_checkpoint
-    from models.predict import load_for_inference
+    from models.predict import embed_classes, load_for_inference, load_model
 
     checkpoint = save_tiny_checkpoint(tmp_path / "ckpt.pt")
     saved = load_checkpoint(checkpoint)
@@ -193,6 +302,16 @@ def test_inference_loading_takes_the_checkpoints_size_and_names_a_bad_encoder(
     config = {**saved["config"], "train": {"image_size": 96}}
     sized = save_checkpoint(tmp_path / "sized.pt", model=build_model(FCOSMOConfig(
         **saved["config"]["model"])), step=0, config=config)  # fmt: skip
+    # The Python API: a checkpoint to detections in three lines, at the checkpoint's size.
+    model = load_model(sized, device="cpu")
+    assert not model.training and default_image_size(model) == 96
+    assert model.checkpoint_info.text_encoder == "minilm"
+    embeddings = embed_classes(model, ["dog", "red car"])
+    assert tuple(embeddings.shape) == (2, 384)
+    image = np.zeros((40, 60, 3), dtype=np.uint8)
+    found = predict_image(model, image, ["dog", "red car"], embeddings, score_threshold=0.0)
+    assert all(d["mask"].shape == (40, 60) for d in found)
+    # The old command-line helper is still there, on top of it.
     model, got, embeddings, size = load_for_inference(
         parser, str(sized), ["dog", "red car"], size=None, device="cpu"
     )
@@ -205,3 +324,78 @@ def test_inference_loading_takes_the_checkpoints_size_and_names_a_bad_encoder(
         load_for_inference(parser, str(bad), ["dog"], size=None, device="cpu")
     assert exc.value.code == 2
     assert "text encoder 'no-such-encoder' of the checkpoint" in capsys.readouterr().err
+
+
+def test_command_line_on_a_folder_writes_one_png_each_and_the_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], save_tiny_checkpoint: Callable[..., Path]
+) -> None:
+    # MaskX R-CNN: a fixed-class detector, so no text encoder is loaded.
+    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt.pt", "maskx-rcnn")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for name, (h, w) in (("b.png", (48, 64)), ("a.jpg", (64, 40))):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(photos / name)
+    extra = tmp_path / "extra.png"
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(extra)
+    drawn, record = tmp_path / "drawn", tmp_path / "out" / "detections.json"
+    status = main(
+        [
+            "--checkpoint", str(checkpoint), "--image", str(photos), str(tmp_path / "ex*.png"),
+            "--classes", "circle,square", "--output", str(drawn), "--json", str(record),
+            "--score-threshold", "0", "--top-k", "3", "--image-size", "64", "--device", "cpu",
+        ]
+    )  # fmt: skip
+    assert status == 0
+    assert sorted(p.name for p in drawn.iterdir()) == ["a_pred.png", "b_pred.png", "extra_pred.png"]
+    with Image.open(drawn / "a_pred.png") as image:
+        assert image.size == (40, 64)
+    written = json.loads(record.read_text())
+    assert written["classes"] == ["circle", "square"] and written["image_size"] == 64
+    files = [entry["file"] for entry in written["images"]]
+    assert files == [str(photos / "a.jpg"), str(photos / "b.png"), str(extra)]  # sorted, then
+    lines = capsys.readouterr().out.splitlines()
+    total = sum(len(entry["detections"]) for entry in written["images"])
+    assert len(lines) == total > 3  # every detection printed and written, not only the top 3
+    assert lines[0].split("\t")[0] == str(photos / "a.jpg")  # several images: the path first
+    for entry in written["images"]:
+        for det in entry["detections"]:
+            assert det["label"] in ("circle", "square")
+            x0, y0, x1, y1 = det["box_xyxy_px"]
+            assert 0 <= x0 <= x1 - 1 <= entry["width"] - 1  # no degenerate box
+            assert 0 <= y0 <= y1 - 1 <= entry["height"] - 1
+            mask = mask_utils.decode({**det["mask"], "counts": det["mask"]["counts"].encode()})
+            assert mask.shape == (entry["height"], entry["width"])
+    # Old spellings (--out, --size, space-separated --classes) still work, with a note.
+    single = tmp_path / "single.png"
+    status = main(
+        [
+            "--checkpoint", str(checkpoint), "--image", str(extra), "--classes", "circle",
+            "square", "--out", str(single), "--size", "64", "--device", "cpu",
+        ]
+    )  # fmt: skip
+    assert status == 0 and single.is_file()
+    err = capsys.readouterr().err
+    assert "--out is now spelled --output" in err and "--size is now spelled --image-size" in err
+    # Several images need a folder; neither --output nor --json is a usage error.
+    for argv, message in (
+        (["--image", str(photos), "--output", str(tmp_path / "x.png")], "need a folder"),
+        (["--image", str(extra)], "give --output"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main(["--checkpoint", str(checkpoint), *argv])
+        assert exc.value.code == 2
+        assert message in capsys.readouterr().err
+
+
+def test_help_gives_every_flag_a_help_text(capsys: pytest.CaptureFixture[str]) -> None:
+    from models.predict import build_parser
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for flag in ("--checkpoint", "--image", "--classes", "--output", "--json", "--top-k",
+                 "--score-threshold", "--image-size", "--device"):  # fmt: skip
+        assert flag in text
+    for action in build_parser()._actions:
+        assert action.help, action.option_strings
