@@ -63,7 +63,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from experiment_runs import coco_shards, train_once
+from experiment_runs import coco_shards, evaluate_summary, train_once
 
 from alp_curation import flags
 from alp_dataset.synthetic import DEFAULT_CLASSES, write_world
@@ -103,7 +103,7 @@ def prepare(work: Path, *, n_train: int, n_eval: int, seed: int) -> dict[str, Pa
             *("--mask-classes", "all"),
         ),
         "eval": coco_shards(
-            held_out.instances, held_out.images, work / "shards_eval", "--split", "all"
+            held_out.instances, held_out.images, work / "shards_eval", "--class-split", "all"
         ),
     }
 
@@ -183,17 +183,7 @@ def _train_argv(
 
 
 def _evaluate(checkpoint: Path, data: dict[str, Path]) -> dict[str, Any]:
-    from models.evaluate import main as evaluate
-
-    out = checkpoint.parent / "eval.json"
-    status = evaluate([
-        "--checkpoint", str(checkpoint), "--shards", str(data["eval"]),
-        "--base-classes", ",".join(A_CLASSES), "--novel-classes", ",".join(B_CLASSES),
-        "--size", str(IMAGE_SIZE), "--batch-size", "8", "--out", str(out),
-    ])  # fmt: skip
-    if status != 0:
-        raise SystemExit(f"evaluating {checkpoint} failed ({status})")
-    return json.loads(out.read_text())["summary"]
+    return evaluate_summary(checkpoint, data["eval"], list(A_CLASSES), list(B_CLASSES), IMAGE_SIZE)
 
 
 def stage_one(data: dict[str, Path], work: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -247,6 +237,7 @@ def train_and_evaluate(
 
 
 def _pct(value: float | None) -> str:
+    """A fraction (0-1, as `evaluate_summary` gives it) in percent."""
     return "n/a" if value is None else f"{100 * value:.1f}"
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["coco_shards", "quiet", "train_once"]
+__all__ = ["coco_shards", "evaluate_summary", "quiet", "train_once"]
 
 
 def quiet(run: Callable[[list[str]], int], argv: list[str]) -> None:
@@ -47,3 +47,27 @@ def train_once(run_dir: Path, stamp: dict[str, Any], argv: list[str]) -> None:
     status = train([*argv, "--output", str(run_dir)])
     if status != 0:
         raise SystemExit(f"training in {run_dir} failed ({status})")
+
+
+def evaluate_summary(
+    checkpoint: Path, shards: Path, base: list[str], novel: list[str], image_size: int
+) -> dict[str, Any]:
+    """``models.evaluate`` of ``checkpoint`` on ``shards`` (its JSON beside the checkpoint): the
+    summary's APs as fractions (0-1), as the experiments' tables and results.json hold them,
+    whichever unit the JSON states (it says percent since it has a "units" key)."""
+    from models.evaluate import main as evaluate
+
+    out = checkpoint.parent / "eval.json"
+    status = evaluate([
+        "--checkpoint", str(checkpoint), "--shards", str(shards),
+        "--base-classes", ",".join(base), "--novel-classes", ",".join(novel),
+        "--image-size", str(image_size), "--batch-size", "8", "--output", str(out),
+    ])  # fmt: skip
+    if status != 0:
+        raise SystemExit(f"evaluating {checkpoint} failed ({status})")
+    result = json.loads(out.read_text())
+    scale = 0.01 if result.get("units") == "percent" else 1.0
+    return {
+        subset: {k: None if v is None else v * scale for k, v in values.items()}
+        for subset, values in result["summary"].items()
+    }

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from experiment_runs import coco_shards, quiet, train_once
+from experiment_runs import coco_shards, evaluate_summary, quiet, train_once
 
 from alp_curation import flags
 from alp_dataset.synthetic import DEFAULT_CLASSES, write_world
@@ -151,17 +151,9 @@ def _schedule(arch: str, steps: int, lr: float, args: argparse.Namespace) -> lis
 
 
 def _evaluate(checkpoint: Path, data: dict[str, Path]) -> dict[str, Any]:
-    from models.evaluate import main as evaluate
-
-    out = checkpoint.parent / "eval.json"
-    status = evaluate([
-        "--checkpoint", str(checkpoint), "--shards", str(data["eval"]),
-        "--base-classes", ",".join(BASE_CLASSES), "--novel-classes", ",".join(NOVEL_CLASSES),
-        "--size", str(IMAGE_SIZE), "--batch-size", "8", "--out", str(out),
-    ])  # fmt: skip
-    if status != 0:
-        raise SystemExit(f"evaluating {checkpoint} failed ({status})")
-    return json.loads(out.read_text())["summary"]
+    return evaluate_summary(
+        checkpoint, data["eval"], list(BASE_CLASSES), list(NOVEL_CLASSES), IMAGE_SIZE
+    )
 
 
 def base_stage(
@@ -221,6 +213,7 @@ def train_and_evaluate(
 
 
 def _pct(value: float | None) -> str:
+    """A fraction (0-1, as `evaluate_summary` gives it) in percent."""
     return "n/a" if value is None else f"{100 * value:.1f}"
 
 
