@@ -5,6 +5,7 @@ failed and a run whose input was (nearly) all rejected read the same in both:
 
 - `parse_args`: the job's flags and Beam's; `--help-beam`; flags neither knows are a `UsageError`.
 - `execute`: run the pipeline the job builds on the chosen runner, wait, read back its manifest.
+- `progress_lines`: progress on stderr while a local run runs (`pipelines.progress`).
 - `report_dead_letters`: a loud warning when every input became a dead letter (almost always the
   wrong file or folder), and a failing exit status past ``--fail-on-dead-letters``.
 
@@ -15,10 +16,11 @@ dead letters than ``--fail-on-dead-letters`` allows (the outputs are complete an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -34,6 +36,7 @@ from pipelines.options import (
     register_runner_options,
     unknown_beam_args,
 )
+from pipelines.progress import ProgressDisplay, Stage
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -66,6 +69,17 @@ def parse_args(
             "see --help, nor a Beam pipeline option, see --help-beam)"
         )
     return args, PipelineOptions(beam_args)
+
+
+@contextlib.contextmanager
+def progress_lines(name: str, stages: Sequence[Stage], *, show: bool) -> Iterator[str | None]:
+    """While the block runs the pipeline, progress lines of ``stages`` on stderr when ``show``
+    (a local run without --quiet); yields the folder the DoFns report to, or None."""
+    if not show:
+        yield None
+        return
+    with ProgressDisplay(name, stages) as display:
+        yield display.folder
 
 
 def usage_error(exc: BaseException) -> int:
