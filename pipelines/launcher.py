@@ -28,6 +28,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
+from alp_curation import flags
 from alp_dataset.schema import MANIFEST_NAME
 from pipelines.io import join, read_bytes
 from pipelines.options import (
@@ -53,8 +54,12 @@ def parse_args(
     """The job's arguments and Beam's pipeline options; exits after ``--help-beam``.
 
     The options of the chosen runner count as Beam's: its module is imported first, since some
-    runners (DaskRunner) register their options only then.
+    runners (DaskRunner) register their options only then. Old spellings of the job's own
+    flags (``--out``, ``--split``) are read as today's, with a note (`alp_curation.flags`); Beam's
+    options are never rewritten, since only flags the job's parser defines are renamed to.
     """
+    argv = sys.argv[1:] if argv is None else argv
+    argv = flags.renamed_argv(argv, flags.option_strings(parser), prog)
     args, beam_args = parser.parse_known_args(argv)
     try:
         register_runner_options(args.runner)

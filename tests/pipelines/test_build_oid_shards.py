@@ -280,7 +280,7 @@ def test_a_split_csv_picks_the_classes_that_keep_masks(excerpt: Excerpt, tmp_pat
     # Class descriptions as the split: the shipped correspondence makes Person, Dog and Mobile
     # phone base classes (COCO person, dog, cell phone), Mouse (the animal) novel.
     status, _, err = build(*excerpt_args(
-        excerpt.root, tmp_path / "out", "--split", str(excerpt.root / "classes.csv"),
+        excerpt.root, tmp_path / "out", "--class-split", str(excerpt.root / "classes.csv"),
         "--mask-classes", "novel", "--boxes-for", "all",
     ))  # fmt: skip
     assert status == 0, err
