@@ -554,7 +554,10 @@ def test_class_lists_that_clash_are_usage_errors(
     out = tmp_path / "out"
     paths = ["--instances", str(instances), "--images", str(images), "--output", str(out)]
     cases = [
-        (["--class-split", "all", "--base-classes", "circle"], "--class-split all and --base-classes"),
+        (
+            ["--class-split", "all", "--base-classes", "circle"],
+            "--class-split all and --base-classes",
+        ),
         (["--novel-classes", "star"], "--novel-classes star needs --base-classes"),
         (["--base-classes", "circle,,star"], "'circle,,star' holds an empty name"),
         (["--base-classes", "circle", "--novel-classes", "star,star"], r"repeats ['star']"),

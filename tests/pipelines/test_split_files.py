@@ -1,5 +1,6 @@
-"""``--class-split PATH.csv`` in pipelines/build_coco_shards.py: a CSV of Open Images classes keeps the
-masks of the COCO classes its base classes come from, and the run says what it matched."""
+"""``--class-split PATH.csv`` in pipelines/build_coco_shards.py: a CSV of Open Images classes
+keeps the masks of the COCO classes its base classes come from, and the run says what it
+matched."""
 
 from __future__ import annotations
 
