@@ -213,10 +213,11 @@ class ProgressDisplay:
                 totals[key] = max(value, totals.get(key, 0))
         return counts, totals
 
-    def show(self) -> None:
-        """Print a line for each stage whose counts moved since its last line."""
+    def show(self, now: float | None = None) -> None:
+        """Print a line for each stage whose counts moved since its last line (``now``: the
+        time.monotonic() of the reading, for tests)."""
         counts, totals = self.read()
-        now = time.monotonic()
+        now = time.monotonic() if now is None else now
         for stage in self.stages:
             line = self._line(stage, counts, totals, now)
             if line is not None:

@@ -239,6 +239,10 @@ def voc_run(coco_inputs: CocoInputs, tmp_path_factory: pytest.TempPathFactory) -
     )  # fmt: skip
     assert status == 0, err
     assert "samples" in stdout
+    # Progress on stderr (a local run without --quiet): every image entry checked, of the total.
+    n_images = len(json.loads(coco_inputs.instances.read_text())["images"])
+    assert f"build_coco_shards: images: {n_images:,} of {n_images:,} images checked" in err
+    assert "build_coco_shards: writing shards: " in err
     return out
 
 
@@ -580,11 +584,14 @@ def test_a_second_run_is_byte_identical(
     voc_run: Path, coco_inputs: CocoInputs, tmp_path: Path
 ) -> None:
     out = tmp_path / "again"
+    # The old spelling --split still works, with a note; --quiet: no progress, same bytes.
     status, _, err = build(
         "--instances", str(coco_inputs.instances), "--images", str(coco_inputs.images),
-        "--output", str(out), "--class-split", "coco_voc", "--shard-size", "4",
+        "--output", str(out), "--split", "coco_voc", "--shard-size", "4", "--quiet",
     )  # fmt: skip
     assert status == 0, err
+    assert "--split is now spelled --class-split" in err
+    assert "build_coco_shards: images" not in err
     first, second = tree_bytes(voc_run), tree_bytes(out)
     assert first.keys() == second.keys()
     assert first == second
