@@ -285,9 +285,15 @@ class ReadInstancesFn(beam.DoFn):
     of the file. The heavy work (masks, image files) is per image, after the grouping.
     """
 
-    def __init__(self, categories: Mapping[int, str], selection: ClassSelection) -> None:
+    def __init__(
+        self,
+        categories: Mapping[int, str],
+        selection: ClassSelection,
+        progress_folder: str | None = None,
+    ) -> None:
         self.categories = dict(categories)
         self.selection = selection
+        self.progress_folder = progress_folder
 
     def process(self, path: str) -> Iterator[Any]:
         doc = load_instances(read_input(path), path)
@@ -311,15 +317,25 @@ class ReadInstancesFn(beam.DoFn):
             if letter.kind == "annotation" and letter.image_id in images:
                 yield pvalue.TaggedOutput("dead_counts", (letter.image_id, 1))
         stats.update(_dead_stats(dead))
+        # Image entries rejected here are done: progress counts every entry of the file.
+        n_dead_images = sum(letter.kind == "image" for letter in dead)
+        progress.advance(self.progress_folder, progress.IMAGES_BUILT, n_dead_images)
+        progress.flush(self.progress_folder)
         for name, n in sorted(stats.items()):
             yield m.stat(name, n)
 
 
 class ReadInstances(beam.PTransform):
-    def __init__(self, path: str, categories: Mapping[int, str], selection: ClassSelection) -> None:
+    def __init__(
+        self,
+        path: str,
+        categories: Mapping[int, str],
+        selection: ClassSelection,
+        progress_folder: str | None = None,
+    ) -> None:
         super().__init__()
         self.path = path
-        self.fn = ReadInstancesFn(categories, selection)
+        self.fn = ReadInstancesFn(categories, selection, progress_folder)
 
     def expand(self, p: pvalue.PBegin) -> pvalue.DoOutputsTuple:
         return (
@@ -488,7 +504,9 @@ def build_pipeline(
     progress_folder: str | None = None,
 ) -> None:
     out = args.output
-    read = p | "ReadInstances" >> ReadInstances(args.instances, categories, selection)
+    read = p | "ReadInstances" >> ReadInstances(
+        args.instances, categories, selection, progress_folder
+    )
     per_image = {
         "image": read["images"],
         "annotations": read["annotations"],
