@@ -25,6 +25,7 @@ from typing import IO
 
 from tqdm import tqdm
 
+from alp_curation import flags
 from alp_curation.curate import DEFAULT_TEMPORAL_PADDING, CurationResult, curate_records
 from alp_curation.locnar import InvalidRecord, LocNarRecord, parse_record, record_key
 from alp_curation.quality import Mention, MentionMatch, match_mentions, summarise
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="JSONL of ground-truth mentions (as written by `python -m alp_dataset.synthetic`): "
         "adds the mean IoU between ALP boxes and the boxes of the objects their phrases name",
     )
-    parser.add_argument("--out", type=Path, help="write the ALPs here, one JSON object per line")
+    parser.add_argument("--output", type=Path, help="write the ALPs here, one JSON object per line")
     parser.add_argument(
         "--dead-letters",
         type=Path,
@@ -225,7 +226,7 @@ def format_summary(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = flags.parse_args(build_parser(), argv)
     for path in args.inputs:
         if not path.is_file():
             print(f"error: input file {path} does not exist", file=sys.stderr)
@@ -236,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     matches: list[MentionMatch] = []
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        out = stack.enter_context(open(args.out, "w", encoding="utf-8")) if args.out else None
+        out = stack.enter_context(open(args.output, "w", encoding="utf-8")) if args.output else None
         dead = None
         if args.dead_letters:
             dead = stack.enter_context(open(args.dead_letters, "w", encoding="utf-8"))

@@ -31,7 +31,7 @@ import os
 import re
 import tempfile
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
@@ -396,6 +396,8 @@ def embed_with_cache(
     *,
     batch_size: int = 1024,
     progress: bool = False,
+    on_lookup: Callable[[int, int], None] | None = None,
+    on_embedded: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, int]:
     """Prompt-ensemble embeddings of ``phrases`` (float32 (N, dim), in order) and the reuse count.
 
@@ -403,6 +405,8 @@ def embed_with_cache(
     at all, and the rest are embedded with ``ensemble_embeddings`` and added to the cache (one
     part per touched bucket). The count is the number of distinct phrases taken from the cache.
     With ``cache=None`` this is ``ensemble_embeddings`` over the distinct phrases.
+    Progress, for callers that show it: ``on_lookup(hits, misses)`` once the cache has been
+    read (distinct phrases found there, and to embed), ``on_embedded(n)`` after each batch.
     """
     if cache is not None and (cache.encoder_id != encoder.id or cache.dim != encoder.dim):
         raise EncoderMismatchError(
@@ -414,7 +418,11 @@ def embed_with_cache(
         hits, misses = cache.lookup(unique)
     else:
         hits, misses = {}, unique
-    new = ensemble_embeddings(encoder, misses, batch_size=batch_size, progress=progress)  # (M, D)
+    if on_lookup is not None:
+        on_lookup(len(hits), len(misses))
+    new = ensemble_embeddings(
+        encoder, misses, batch_size=batch_size, progress=progress, on_embedded=on_embedded
+    )  # (M, D)
     if cache is not None and misses:
         by_bucket: dict[int, list[int]] = {}
         for i, phrase in enumerate(misses):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -126,6 +126,7 @@ def ensemble_embeddings(
     batch_size: int = 1024,
     templates: Sequence[str] | None = None,
     progress: bool = False,
+    on_embedded: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """Prompt-ensemble embedding of each phrase: float32 (N, encoder.dim), unit rows.
 
@@ -133,6 +134,8 @@ def ensemble_embeddings(
     phrases (``batch_size // T`` of them, at least one), so memory stays at one batch of prompt
     embeddings plus the (N, D) result. Phrases are not deduplicated here: the caller does that.
     A prompt embedding of norm 0 stays 0 after normalisation (eps 1e-12, as torch's F.normalize).
+    ``progress`` shows a tqdm bar; ``on_embedded(n)`` is called after each batch of ``n`` phrases
+    (the pipelines' progress counters).
     """
     if batch_size < 1:
         raise ValueError(f"ensemble_embeddings: batch_size must be >= 1, got {batch_size}")
@@ -162,6 +165,8 @@ def ensemble_embeddings(
             out[start : start + len(chunk)] = _l2_normalise(per_template.mean(axis=1))  # (N, D)
             if bar is not None:
                 bar.update(len(chunk))
+            if on_embedded is not None:
+                on_embedded(len(chunk))
     finally:
         if bar is not None:
             bar.close()

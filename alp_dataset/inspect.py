@@ -3,15 +3,19 @@
 Usage::
 
     python -m alp_dataset.inspect OUT [--top N] [--bins B]
-    python -m alp_dataset.inspect OUT --render IMAGE_ID --images ROOT --out x.png
+    python -m alp_dataset.inspect OUT --render IMAGE_ID --images ROOT --output x.png
         [--dataset-id D] [--narratives FILE.jsonl] [--ground-truth instances.json]
 
 The summary gives the manifest's counts (input lines, dead letters and records by reason, ALPs,
 unique phrases), the most frequent phrases and a text histogram of ALP box areas. ``--render``
 draws the image with each narrative's mouse trace, each ALP box and its phrase, and, with
 ``--ground-truth`` (COCO instances JSON), the ground-truth boxes and masks (``alp_dataset.render``).
-Traces are read from the narrative files the ALP table names (``source_file``, ``source_line``)
-when those are readable from here, or from ``--narratives``.
+Traces are read from the narrative files the ALP table names (``source_file``, ``source_line``),
+or from ``--narratives``. A relative ``source_file`` is relative to the folder the run was
+started in, which is not recorded: it is looked up from the working directory, then from the
+output directory (where manifest.json is) and each folder above it, so ``--render`` works from
+any folder when the narratives stayed beside the output. When a file is found nowhere, the
+command fails, naming the paths it tried and ``--narratives``.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import numpy as np
 import polars as pl
 from PIL import Image
 
+from alp_curation import flags
 from alp_curation.streams import open_checked
 from alp_dataset.coco_shards import RleError, decode_masks, segmentation_to_rle
 from alp_dataset.query import AlpStore, alps_of_image, phrase_frequencies
@@ -211,14 +216,33 @@ def _record_key(line: bytes) -> tuple[Any, Any, Any] | None:
     return obj.get("dataset_id"), obj.get("image_id"), obj.get("annotator_id")
 
 
+def locate_source(
+    source_file: str, search_roots: Sequence[Path] = ()
+) -> tuple[Path | None, list[Path]]:
+    """(the file, the paths tried) for an ALP's ``source_file``: as it is (absolute, or from
+    the working directory), then under each of ``search_roots`` when relative; (None, tried)
+    when none is a file."""
+    path = Path(source_file)
+    tried = [path]
+    if not path.is_absolute():
+        tried += [root / path for root in search_roots]
+    tried = list(dict.fromkeys(tried))
+    for candidate in tried:
+        if candidate.is_file():
+            return candidate, tried
+    return None, tried
+
+
 def load_traces(
-    alps: pl.DataFrame, narratives: Path | None = None
+    alps: pl.DataFrame, narratives: Path | None = None, search_roots: Sequence[Path] = ()
 ) -> tuple[list[Trace], list[str]]:
     """Traces of the narratives behind ``alps`` (rows of one image): (traces, notes).
 
     From ``narratives`` when given (every narrative of the image there), else from each ALP's
-    ``source_file`` at ``source_line``. A file that cannot be read, or a line that is not the
-    narrative the ALP names or has no valid trace, gives a note instead of a trace.
+    ``source_file`` at ``source_line``, found by `locate_source` (``search_roots``: where a
+    relative path is looked up after the working directory). A source file found nowhere is an
+    InspectError naming the paths tried and ``--narratives``; a line that is not the narrative
+    the ALP names, or has no valid trace, gives a note instead of a trace.
     """
     dataset_id, image_id = alps["dataset_id"][0], alps["image_id"][0]
     found: list[tuple[Trace | None, str | None]] = []
@@ -238,12 +262,22 @@ def load_traces(
         sources = alps.select("annotator_id", "source_file", "source_line").unique(
             maintain_order=True
         )
+        located = {
+            name: locate_source(name, search_roots) for name in sources["source_file"].unique()
+        }
+        lost = {name: tried for name, (path, tried) in sorted(located.items()) if path is None}
+        if lost:
+            listed = "; ".join(
+                f"{name} (tried {', '.join(str(p) for p in tried)})" for name, tried in lost.items()
+            )
+            raise InspectError(
+                f"the narratives of {dataset_id}/{image_id} cannot be found: {listed}. Give the "
+                "narratives file with --narratives FILE.jsonl"
+            )
         for annotator_id, source_file, source_line in sources.iter_rows():
             where = f"trace of annotator {annotator_id}: {source_file}:{source_line}"
-            path = Path(source_file)
-            if not path.is_file():
-                found.append((None, f"{where}: file not readable here (see --narratives)"))
-                continue
+            path = located[source_file][0]
+            assert path is not None  # every lost file raised above
             line = _line_at(path, source_line)
             if line is None:
                 found.append((None, f"{where}: no such line"))
@@ -329,7 +363,7 @@ def render_image(
     dataset_id: str | None = None,
     narratives: Path | None = None,
     ground_truth: Path | None = None,
-    size: int = 768,
+    image_size: int = 768,
 ) -> Image.Image:
     """The picture of one image of the run (see ``alp_dataset.render.render_alps``)."""
     rows = _image_rows(store, image_id, dataset_id)
@@ -346,7 +380,8 @@ def render_image(
         height, width = gt[0].mask.shape if gt and gt[0].mask is not None else (512, 512)
         image = Image.new("RGB", (width, height), (96, 96, 96))
         notes.append("no image drawn: --images not given")
-    traces, trace_notes = load_traces(rows, narratives)
+    output = Path(store.root).resolve()  # where manifest.json is
+    traces, trace_notes = load_traces(rows, narratives, [output, *output.parents])
     notes += trace_notes
     alps = [
         AlpBox(
@@ -370,7 +405,7 @@ def render_image(
         ground_truth=gt,
         title=title,
         notes=notes,
-        size=size,
+        size=image_size,
     )
 
 
@@ -383,10 +418,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m alp_dataset.inspect",
         description="Summarise a curation run's output directory, or draw one of its images with "
         "its mouse traces, ALP boxes and phrases.",
+        formatter_class=flags.HelpFormatter,
     )
     parser.add_argument("dir", metavar="DIR", help="output directory of pipelines/extract_alps.py")
-    parser.add_argument("--top", type=int, default=10, metavar="N", help="phrases listed (10)")
-    parser.add_argument("--bins", type=int, default=10, metavar="B", help="histogram bins (10)")
+    parser.add_argument("--top", type=int, default=10, metavar="N", help="phrases listed")
+    parser.add_argument("--bins", type=int, default=10, metavar="B", help="histogram bins")
     draw = parser.add_argument_group("drawing one image")
     draw.add_argument("--render", metavar="IMAGE_ID", help="draw this image instead of summarising")
     draw.add_argument(
@@ -396,13 +432,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="image folder, as the pipeline's --images: ROOT/<dataset_id>/<image_id>.<ext> or "
         "ROOT/<image_id>.<ext>",
     )
-    draw.add_argument("--out", type=Path, metavar="PNG", help="where to write the picture")
+    draw.add_argument("--output", type=Path, metavar="PNG", help="where to write the picture")
     draw.add_argument("--dataset-id", metavar="D", help="dataset of the image, when ids repeat")
     draw.add_argument(
         "--narratives",
         type=Path,
         metavar="FILE",
-        help="LocNar JSONL(.gz) to read traces from (default: the files the ALPs name)",
+        help="LocNar JSONL(.gz) to read traces from; default: the files the ALPs name, looked "
+        "up from the working directory, then from DIR and each folder above it",
     )
     draw.add_argument(
         "--ground-truth",
@@ -411,18 +448,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="COCO instances JSON: draw GT boxes and masks",
     )
     draw.add_argument(
-        "--size", type=int, default=768, metavar="PX", help="long side of the drawn image (768)"
+        "--image-size", type=int, default=768, metavar="PX", help="long side of the drawn image"
     )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.render is None and args.out is not None:
-        parser.error("--out needs --render IMAGE_ID")
-    if args.render is not None and args.out is None:
-        parser.error("--render needs --out x.png")
+    args = flags.parse_args(parser, argv)
+    if args.render is None and args.output is not None:
+        parser.error("--output needs --render IMAGE_ID")
+    if args.render is not None and args.output is None:
+        parser.error("--render needs --output x.png")
     try:
         store = AlpStore.open(args.dir)
         if args.render is None:
@@ -435,14 +472,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             dataset_id=args.dataset_id,
             narratives=args.narratives,
             ground_truth=args.ground_truth,
-            size=args.size,
+            image_size=args.image_size,
         )
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        picture.save(args.out)
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        picture.save(args.output)
     except (InspectError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"wrote {args.out} ({picture.width}x{picture.height})")
+    print(f"wrote {args.output} ({picture.width}x{picture.height})")
     return 0
 
 

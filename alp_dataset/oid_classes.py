@@ -7,13 +7,14 @@ of synonyms (COCO "cell phone" / Open Images "Mobile phone"), plus pairs of equa
 different things ("mouse"), never matched. Applied to a user's class descriptions file it gives
 the split; ``format_matches`` says what it matched.
 
-A split is named by a CSV path wherever a split is named (``--split PATH.csv``), in either form:
+A split is named by a CSV path wherever a split is named (``--class-split PATH.csv``), in either
+form:
 
 - an Open Images class descriptions file (``/m/01bjv,Bus``, no header): base classes are those
   the correspondence matches, novel the rest, in file order;
 - an explicit list with a header ``display_name[,mid][,coco_name]`` (`class_splits.
   open_images_split`): a row with a coco_name is a base class. This is the override: write the
-  correspondence's result out with ``python -m alp_dataset.oid_classes --classes CSV --out
+  correspondence's result out with ``python -m alp_dataset.oid_classes --classes CSV --output
   split.csv``, edit it, and name the edited file instead.
 """
 
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
+from alp_curation import flags
 from alp_dataset.class_splits import (
     COCO_CATEGORY_IDS,
     OPEN_IMAGES_COLUMNS,
@@ -218,7 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m alp_dataset.oid_classes",
         description="Apply the shipped COCO <-> Open Images correspondence to a class "
         "descriptions CSV: print the base classes it matched, and optionally write the split as "
-        "an editable CSV (display_name,mid,coco_name) to name with --split instead.",
+        "an editable CSV (display_name,mid,coco_name) to name with --class-split instead.",
+        formatter_class=flags.HelpFormatter,
     )
     parser.add_argument(
         "--classes",
@@ -227,16 +230,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="Open Images class descriptions (LabelName,DisplayName, no header), or an explicit "
         "split CSV",
     )
-    parser.add_argument("--out", metavar="CSV", help="write the split as an editable list here")
-    args = parser.parse_args(argv)
+    parser.add_argument("--output", metavar="CSV", help="write the split as an editable list here")
+    args = flags.parse_args(parser, argv)
     try:
         classes = split_from_csv(args.classes)
     except (ValueError, OpenImagesFormatError) as exc:
         parser.error(str(exc))
     print(format_matches(classes, source=args.classes))
-    if args.out:
-        write_split_csv(classes, Path(args.out))
-        print(f"wrote {args.out}", file=sys.stderr)
+    if args.output:
+        write_split_csv(classes, Path(args.output))
+        print(f"wrote {args.output}", file=sys.stderr)
     return 0
 
 

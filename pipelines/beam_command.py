@@ -20,6 +20,10 @@ How a FILE is loaded (``importlib.util.spec_from_file_location``):
   as ``python FILE`` does; when Beam is imported, its functions and classes are registered with
   Beam's cloudpickle to be pickled by value, since remote workers cannot import the file.
 
+A FILE that does not exist here but names a pipeline shipped in the installed ``pipelines``
+package (``pipelines/extract_alps.py``, or the bare ``extract_alps.py``; see `SHIPPED_PIPELINES`)
+runs that installed file, with a one-line note, so the documented commands work from any folder.
+
 Exit status: what ``run`` returns (None and non-int results such as a PipelineResult count as 0),
 the code of a ``SystemExit`` it raises (argparse's ``--help`` and usage errors), and 2 for usage
 errors of this command (no FILE, no ``run`` in it).
@@ -36,7 +40,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["load_pipeline_file", "load_pipeline_module", "main"]
+__all__ = ["SHIPPED_PIPELINES", "load_pipeline_file", "load_pipeline_module", "main", "shipped"]
+
+# The pipeline files of the installed `pipelines` package that `beam run` finds from any folder.
+SHIPPED_PIPELINES = ("extract_alps.py", "build_coco_shards.py", "build_oid_shards.py")
 
 USAGE = """\
 usage: beam run FILE [ARGS...]
@@ -114,11 +121,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _call(run, target, pipeline_argv)
 
 
+def shipped(path: str | os.PathLike[str]) -> Path | None:
+    """The installed pipeline file ``path`` names (``pipelines/extract_alps.py`` or
+    ``extract_alps.py``), or None when it names none of `SHIPPED_PIPELINES`."""
+    parts = Path(path).parts
+    if not parts or parts[-1] not in SHIPPED_PIPELINES or parts[:-1] not in ((), ("pipelines",)):
+        return None
+    spec = importlib.util.find_spec("pipelines")
+    locations = spec.submodule_search_locations if spec is not None else None
+    for folder in locations or []:
+        candidate = Path(folder) / parts[-1]
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def load_pipeline_file(path: str | os.PathLike[str]) -> ModuleType:
     """Load a Python file as a module (see the module docstring for its name and sys.path)."""
     given = Path(path)
     if not given.exists():
-        raise UsageError(f"run: no such file: {os.fspath(path)}")
+        installed = shipped(path)
+        if installed is None:
+            names = ", ".join(f"pipelines/{name}" for name in SHIPPED_PIPELINES)
+            raise UsageError(
+                f"run: no such file: {os.fspath(path)} (in {os.getcwd()}); the pipelines shipped "
+                f"with the alp package, which run from any folder, are {names}; or run a module "
+                "with -m, e.g. beam run -m pipelines.extract_alps"
+            )
+        print(
+            f"beam: note: no {os.fspath(path)} in {os.getcwd()}; running the installed {installed}",
+            file=sys.stderr,
+        )
+        given = installed
     if not given.is_file():
         raise UsageError(f"run: {os.fspath(path)} is not a file; expected a Python file")
     file = given.resolve()

@@ -1,9 +1,10 @@
 """COCO instance annotations + images -> WebDataset shards with boxes, class names and RLE masks.
 
     beam run pipelines/build_coco_shards.py --instances annotations/instances_train2017.json \\
-        --images coco/train2017 --output out/coco_voc_base --split coco_voc --mask-classes base
+        --images coco/train2017 --output out/coco_voc_base --class-split coco_voc \\
+        --mask-classes base
     # MaskX R-CNN (Hu et al., Sec. 4.1): boxes for every class of the split, masks for A only
-    beam run pipelines/build_coco_shards.py ... --split coco_voc --boxes-for split-classes
+    beam run pipelines/build_coco_shards.py ... --class-split coco_voc --boxes-for split-classes
     # The same with a split given as its classes: boxes for A ∪ B, masks for A = circle, square
     beam run pipelines/build_coco_shards.py ... --base-classes circle,square \\
         --novel-classes triangle,star --boxes-for split-classes
@@ -53,7 +54,7 @@ from alp_dataset.coco_shards import (
 )
 from alp_dataset.oid_classes import format_matches, split_from_csv
 from alp_dataset.schema import ALPS_DIR, DEAD_LETTERS_DIR, PHRASES_DIR, SHARDS_DIR
-from pipelines import launcher, writers
+from pipelines import launcher, progress, writers
 from pipelines import manifest as m
 from pipelines.coco import (
     NOT_SELECTED,
@@ -77,9 +78,11 @@ from pipelines.io import (
     prepare_output,
     read_input,
 )
+from pipelines.local_workers import LOCAL_RUNNERS
 from pipelines.options import (
     add_dead_letter_limit_flag,
     add_help_beam_flag,
+    add_quiet_flag,
     add_runner_flag,
     alp_version,
     class_list,
@@ -147,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--output", metavar="DIR", help="(required) output directory")
     parser.add_argument(
-        "--split",
+        "--class-split",
         default=None,
         type=_split_spec,
         metavar="SPLIT",
@@ -160,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=class_list,
         default=None,
         metavar="A,B",
-        help="a custom split instead of --split: its base class names, comma-separated (as "
+        help="a custom split instead of --class-split: its base class names, comma-separated (as "
         "python -m models.evaluate takes them); alone, the split has no novel class; "
         "default: none",
     )
@@ -214,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_runner_flag(parser)
     add_dead_letter_limit_flag(parser, "entries (images, and annotations of kept classes)")
+    add_quiet_flag(parser)
     add_help_beam_flag(parser)
     return parser
 
@@ -232,7 +236,8 @@ def build_options(args: argparse.Namespace) -> dict[str, Any]:
         "shard_size",
         "dead_letter_rows_per_file",
     )
-    options = {name: getattr(args, name) for name in names}
+    # The manifest keeps the key "split" for --class-split (the format of docs/coco_shards.md).
+    options = {name: getattr(args, "class_split" if name == "split" else name) for name in names}
     for name in ("base_classes", "novel_classes"):
         if options[name] is not None:
             options[name] = list(options[name])  # as given: the manifest says what was asked
@@ -240,7 +245,7 @@ def build_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def resolve_split(args: argparse.Namespace) -> str | None:
-    """Check --split against --base-classes / --novel-classes and fill in the defaults: the
+    """Check --class-split against --base-classes / --novel-classes and fill in the defaults: the
     split's name ('all' when nothing was given), or None for a custom split (then
     ``args.novel_classes`` is a tuple, empty for no novel class). UsageError when they clash."""
     if args.novel_classes is not None and args.base_classes is None:
@@ -248,12 +253,12 @@ def resolve_split(args: argparse.Namespace) -> str | None:
             f"--novel-classes {','.join(args.novel_classes)} needs --base-classes"
         )
     if args.base_classes is None:
-        args.split = SPLIT_ALL if args.split is None else args.split
-        return args.split
-    if args.split is not None:
+        args.class_split = SPLIT_ALL if args.class_split is None else args.class_split
+        return args.class_split
+    if args.class_split is not None:
         raise launcher.UsageError(
-            f"--split {args.split} and --base-classes / --novel-classes both choose the "
-            "classes: give one of them"
+            f"--class-split {args.class_split} and --base-classes / --novel-classes both choose "
+            "the classes: give one of them"
         )
     if args.novel_classes is None:
         args.novel_classes = ()
@@ -280,9 +285,15 @@ class ReadInstancesFn(beam.DoFn):
     of the file. The heavy work (masks, image files) is per image, after the grouping.
     """
 
-    def __init__(self, categories: Mapping[int, str], selection: ClassSelection) -> None:
+    def __init__(
+        self,
+        categories: Mapping[int, str],
+        selection: ClassSelection,
+        progress_folder: str | None = None,
+    ) -> None:
         self.categories = dict(categories)
         self.selection = selection
+        self.progress_folder = progress_folder
 
     def process(self, path: str) -> Iterator[Any]:
         doc = load_instances(read_input(path), path)
@@ -306,15 +317,25 @@ class ReadInstancesFn(beam.DoFn):
             if letter.kind == "annotation" and letter.image_id in images:
                 yield pvalue.TaggedOutput("dead_counts", (letter.image_id, 1))
         stats.update(_dead_stats(dead))
+        # Image entries rejected here are done: progress counts every entry of the file.
+        n_dead_images = sum(letter.kind == "image" for letter in dead)
+        progress.advance(self.progress_folder, progress.IMAGES_BUILT, n_dead_images)
+        progress.flush(self.progress_folder)
         for name, n in sorted(stats.items()):
             yield m.stat(name, n)
 
 
 class ReadInstances(beam.PTransform):
-    def __init__(self, path: str, categories: Mapping[int, str], selection: ClassSelection) -> None:
+    def __init__(
+        self,
+        path: str,
+        categories: Mapping[int, str],
+        selection: ClassSelection,
+        progress_folder: str | None = None,
+    ) -> None:
         super().__init__()
         self.path = path
-        self.fn = ReadInstancesFn(categories, selection)
+        self.fn = ReadInstancesFn(categories, selection, progress_folder)
 
     def expand(self, p: pvalue.PBegin) -> pvalue.DoOutputsTuple:
         return (
@@ -365,13 +386,21 @@ def check_image_file(path: str, width: int, height: int) -> tuple[str, str] | No
 
 
 class BuildSampleFn(beam.DoFn):
-    """(image id, {image, annotations, dead_counts}) -> CocoSample | dead letters, stats."""
+    """(image id, {image, annotations, dead_counts}) -> CocoSample | dead letters, stats; images
+    and the instances kept are counted as they go (`pipelines.progress`)."""
 
-    def __init__(self, images_root: str, keep_empty: bool) -> None:
+    def __init__(
+        self, images_root: str, keep_empty: bool, progress_folder: str | None = None
+    ) -> None:
         self.images_root = images_root
         self.keep_empty = keep_empty
+        self.progress_folder = progress_folder
+
+    def finish_bundle(self) -> None:
+        progress.flush(self.progress_folder)
 
     def process(self, element: tuple[int, Mapping[str, Iterable[Any]]]) -> Iterator[Any]:
+        progress.advance(self.progress_folder, progress.IMAGES_BUILT)
         _, grouped = element
         (image,) = list(grouped["image"])  # split_entries keeps one entry per id
         annotations: list[AnnotationEntry] = list(grouped["annotations"])
@@ -398,6 +427,7 @@ class BuildSampleFn(beam.DoFn):
         yield from (pvalue.TaggedOutput("dead", letter) for letter in outcome.dead_letters)
         for name, n in _dead_stats(outcome.dead_letters).items():
             yield m.stat(name, n)
+        progress.advance(self.progress_folder, progress.INSTANCES_BUILT, len(outcome.instances))
         n_mask = sum(i["source"] == SOURCE_MASK for i in outcome.instances)
         yield m.stat(INSTANCES_MASK, n_mask)
         yield m.stat(INSTANCES_BOX, len(outcome.instances) - n_mask)
@@ -409,9 +439,11 @@ class BuildSampleFn(beam.DoFn):
 
 
 class BuildSamples(beam.PTransform):
-    def __init__(self, images_root: str, keep_empty: bool) -> None:
+    def __init__(
+        self, images_root: str, keep_empty: bool, progress_folder: str | None = None
+    ) -> None:
         super().__init__()
-        self.fn = BuildSampleFn(images_root, keep_empty)
+        self.fn = BuildSampleFn(images_root, keep_empty, progress_folder)
 
     def expand(self, per_image: Mapping[str, pvalue.PCollection]) -> pvalue.DoOutputsTuple:
         grouped = per_image | "GroupByImage" >> beam.CoGroupByKey()
@@ -469,17 +501,22 @@ def build_pipeline(
     categories: Mapping[int, str],
     selection: ClassSelection,
     about: Mapping[str, Any],
+    progress_folder: str | None = None,
 ) -> None:
     out = args.output
-    read = p | "ReadInstances" >> ReadInstances(args.instances, categories, selection)
+    read = p | "ReadInstances" >> ReadInstances(
+        args.instances, categories, selection, progress_folder
+    )
     per_image = {
         "image": read["images"],
         "annotations": read["annotations"],
         "dead_counts": read["dead_counts"],
     }
-    built = per_image | "BuildSamples" >> BuildSamples(args.images, args.keep_empty_images)
+    built = per_image | "BuildSamples" >> BuildSamples(
+        args.images, args.keep_empty_images, progress_folder
+    )
     shards = built.samples | "WriteShards" >> writers.write_shards(
-        out, args.shard_size, samples_stat=SAMPLES
+        out, args.shard_size, samples_stat=SAMPLES, progress_folder=progress_folder
     )
     dead = (read["dead"], built["dead"]) | "AllDeadLetters" >> beam.Flatten()
     dead_files = dead | "WriteDeadLetters" >> writers.write_dead_letters(
@@ -530,6 +567,20 @@ def format_summary(manifest: Mapping[str, Any], *, out_dir: str, seconds: float)
     return "\n".join([title, "-" * max(len(line) for line in body), *body])
 
 
+def progress_stages(n_images: int) -> tuple[progress.Stage, ...]:
+    """The progress lines of a local run over ``n_images`` image entries."""
+    return (
+        progress.Stage(
+            "images",
+            "images checked",
+            (progress.IMAGES_BUILT,),
+            total=n_images,
+            parts=((progress.INSTANCES_BUILT, "instances kept"),),
+        ),
+        progress.Stage("writing shards", "images written", (progress.SAMPLES_WRITTEN,)),
+    )
+
+
 def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> int:
     """Run the pipeline; returns the exit status (pipelines.launcher: 0 when the run completed)."""
     parser = build_parser()
@@ -555,6 +606,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> i
         # that the job graph never carries the annotations.
         doc = load_instances(read_input(args.instances), args.instances)
         categories = check_instances(doc, args.instances)
+        n_images = len(doc["images"])
         if split is not None and is_split_file(split):  # which OID classes the COCO ones serve
             print(format_matches(split_from_csv(split), source=split), file=sys.stderr)
         selection = select_classes(
@@ -580,12 +632,16 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> i
         "inputs": [{"path": matched[0].path, "size_bytes": size}],
         "classes": selection.to_json(),
     }
-    finished = launcher.execute(
-        lambda p: build_pipeline(p, args, categories, selection, about),
-        options,
-        args,
-        save_main_session=save_main_session,
-    )
+    show = args.runner in LOCAL_RUNNERS and not args.quiet
+    with launcher.progress_lines(
+        "build_coco_shards", progress_stages(n_images), show=show
+    ) as folder:
+        finished = launcher.execute(
+            lambda p: build_pipeline(p, args, categories, selection, about, folder),
+            options,
+            args,
+            save_main_session=save_main_session,
+        )
     if finished is None:
         return launcher.EXIT_FAILED
     manifest = finished.manifest

@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--images", metavar="ROOT", help="(required) folder of <ImageID>.jpg (or .jpeg, .png)")
     flag("--output", metavar="DIR", help="(required) output directory")
     flag(
-        "--split",
+        "--class-split",
         default=SPLIT_ALL,
         metavar="SPLIT",
         help="class split: 'all' (every class of --classes is a base class) or a CSV of Open "
@@ -347,14 +347,14 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> i
         if args.hierarchy is not None:
             hierarchy = parse_hierarchy(json.loads(read_text(args.hierarchy)), args.hierarchy)
         split, mids = None, None
-        if args.split != SPLIT_ALL:
-            if args.split in SPLIT_NAMES:
+        if args.class_split != SPLIT_ALL:
+            if args.class_split in SPLIT_NAMES:
                 raise ValueError(
-                    f"--split {args.split} names COCO classes; give a CSV of Open Images "
-                    "classes or 'all'"
+                    f"--class-split {args.class_split} names COCO classes; give a CSV of Open "
+                    "Images classes or 'all'"
                 )
-            oid = split_from_csv(args.split)
-            print(format_matches(oid, source=args.split), file=sys.stderr)
+            oid = split_from_csv(args.class_split)
+            print(format_matches(oid, source=args.class_split), file=sys.stderr)
             split, mids = oid.split, oid.mids
         selection = select_oid_classes(
             classes, split, mids=mids, mask_classes=args.mask_classes, boxes_for=args.boxes_for
@@ -375,7 +375,10 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> i
     listing = store.list() if args.masks is not None else None
     about = {
         "alp_version": alp_version(),
-        "options": {name: getattr(args, name) for name in OPTION_NAMES},
+        # The manifest keeps the key "split" for --class-split (docs/open_images.md).
+        "options": {
+            name: getattr(args, "class_split" if name == "split" else name) for name in OPTION_NAMES
+        },
         "inputs": inputs,
         "classes": selection.to_json(),
         "hierarchy": hierarchy.to_json() if hierarchy is not None else None,

@@ -139,7 +139,7 @@ def select_classes(
     mask_classes: str,
     boxes_for: str,
 ) -> ClassSelection:
-    """The classes of the file (``names``) divided as --split (or --base-classes /
+    """The classes of the file (``names``) divided as --class-split (or --base-classes /
     --novel-classes), --mask-classes and --boxes-for ask.
 
     The split is either named, ``split`` (a split of `alp_dataset.class_splits`, or ``"all"``:

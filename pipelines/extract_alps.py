@@ -34,7 +34,7 @@ from alp_curation.curate import DEFAULT_TEMPORAL_PADDING
 from alp_curation.embedding_cache import EmbeddingCache, EmbeddingCacheError
 from alp_curation.encoders import EncoderUnavailable
 from alp_curation.tagging import DEFAULT_MODEL, ModelUnavailable
-from pipelines import launcher, writers
+from pipelines import launcher, progress, writers
 from pipelines import manifest as m
 from pipelines.input_kinds import COCO_INSTANCES, HEAD_BYTES, LOCNAR_JSONL, kind_of
 from pipelines.io import (
@@ -57,6 +57,7 @@ from pipelines.local_workers import (
 from pipelines.options import (
     add_dead_letter_limit_flag,
     add_help_beam_flag,
+    add_quiet_flag,
     add_runner_flag,
     alp_version,
     non_negative_float,
@@ -248,8 +249,27 @@ def build_parser() -> argparse.ArgumentParser:
         "must not change between identical runs",
     )
     add_dead_letter_limit_flag(parser, "input lines")
+    add_quiet_flag(parser)
     add_help_beam_flag(parser)
     return parser
+
+
+# The long stages of a run, as progress lines (`pipelines.progress`).
+PROGRESS_STAGES = (
+    progress.Stage("tagging", "narratives", (progress.NARRATIVES_TAGGED,)),
+    progress.Stage(
+        "embedding",
+        "phrases",
+        (progress.PHRASES_EMBEDDED, progress.PHRASES_FROM_CACHE),
+        rate_of=(progress.PHRASES_EMBEDDED,),
+        total=progress.TOTAL_UNIQUE_PHRASES,
+        parts=(
+            (progress.PHRASES_EMBEDDED, "embedded"),
+            (progress.PHRASES_FROM_CACHE, "from the cache"),
+        ),
+    ),
+    progress.Stage("writing shards", "samples", (progress.SAMPLES_WRITTEN,)),
+)
 
 
 def curation_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -280,9 +300,11 @@ def build_pipeline(
     about: dict[str, Any],
     encoder_config: EncoderConfig,
     plan: LocalPlan,
+    progress_folder: str | None = None,
 ) -> None:
     """Add the curation stages to ``p`` (``about``: the manifest's static entries; ``plan``: how
-    the input is read, `pipelines.local_workers`)."""
+    the input is read, `pipelines.local_workers`; ``progress_folder``: where the workers report
+    progress, `pipelines.progress`)."""
     out = args.output
     encoder = about["encoder"]
     read = p | "ReadLocNar" >> ReadLocNar(
@@ -290,10 +312,14 @@ def build_pipeline(
     )
     parsed = read["lines"] | "ParseRecords" >> ParseRecords(args.max_line_bytes)
     curated = parsed.records | "CurateRecords" >> CurateRecords(
-        args.spacy_model, args.batch_size, args.temporal_padding
+        args.spacy_model, args.batch_size, args.temporal_padding, progress_folder
     )
     phrases = curated.alps | "EmbedPhrases" >> EmbedPhrases(
-        encoder_config, args.embedding_cache, args.embedding_buckets, args.embed_batch_size
+        encoder_config,
+        args.embedding_cache,
+        args.embedding_buckets,
+        args.embed_batch_size,
+        progress_folder,
     )
     # Local runners hold what crosses a shuffle in memory: samples carry phrases, not rows.
     samples = (curated.alps, phrases.phrases, curated[NARRATIVES]) | "BuildSamples" >> (
@@ -317,6 +343,7 @@ def build_pipeline(
             args.shard_size,
             image_stats=(m.IMAGES_FOUND, m.IMAGES_MISSING) if args.images else None,
             embeddings=phrase_embeddings(phrases.phrases) if plan.local else None,
+            progress_folder=progress_folder,
         ),
         dead | "WriteDeadLetters" >> writers.write_dead_letters(out, dead_per_file),
     ]
@@ -392,9 +419,13 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> i
         "alp_version": alp_version(),
     }
     paths = [path for path, _ in inputs]
-    with worker_environment(plan):
+    show = plan.local and not args.quiet
+    with (
+        worker_environment(plan),
+        launcher.progress_lines("extract_alps", PROGRESS_STAGES, show=show) as folder,
+    ):
         finished = launcher.execute(
-            lambda p: build_pipeline(p, args, paths, about, encoder_config, plan),
+            lambda p: build_pipeline(p, args, paths, about, encoder_config, plan, folder),
             options,
             args,
             save_main_session=save_main_session,

@@ -5,6 +5,7 @@ failed and a run whose input was (nearly) all rejected read the same in both:
 
 - `parse_args`: the job's flags and Beam's; `--help-beam`; flags neither knows are a `UsageError`.
 - `execute`: run the pipeline the job builds on the chosen runner, wait, read back its manifest.
+- `progress_lines`: progress on stderr while a local run runs (`pipelines.progress`).
 - `report_dead_letters`: a loud warning when every input became a dead letter (almost always the
   wrong file or folder), and a failing exit status past ``--fail-on-dead-letters``.
 
@@ -15,10 +16,11 @@ dead letters than ``--fail-on-dead-letters`` allows (the outputs are complete an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -26,6 +28,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
+from alp_curation import flags
 from alp_dataset.schema import MANIFEST_NAME
 from pipelines.io import join, read_bytes
 from pipelines.options import (
@@ -34,6 +37,7 @@ from pipelines.options import (
     register_runner_options,
     unknown_beam_args,
 )
+from pipelines.progress import ProgressDisplay, Stage
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -50,8 +54,12 @@ def parse_args(
     """The job's arguments and Beam's pipeline options; exits after ``--help-beam``.
 
     The options of the chosen runner count as Beam's: its module is imported first, since some
-    runners (DaskRunner) register their options only then.
+    runners (DaskRunner) register their options only then. Old spellings of the job's own
+    flags (``--out``, ``--split``) are read as today's, with a note (`alp_curation.flags`); Beam's
+    options are never rewritten, since only flags the job's parser defines are renamed to.
     """
+    argv = sys.argv[1:] if argv is None else argv
+    argv = flags.renamed_argv(argv, flags.option_strings(parser), prog)
     args, beam_args = parser.parse_known_args(argv)
     try:
         register_runner_options(args.runner)
@@ -66,6 +74,17 @@ def parse_args(
             "see --help, nor a Beam pipeline option, see --help-beam)"
         )
     return args, PipelineOptions(beam_args)
+
+
+@contextlib.contextmanager
+def progress_lines(name: str, stages: Sequence[Stage], *, show: bool) -> Iterator[str | None]:
+    """While the block runs the pipeline, progress lines of ``stages`` on stderr when ``show``
+    (a local run without --quiet); yields the folder the DoFns report to, or None."""
+    if not show:
+        yield None
+        return
+    with ProgressDisplay(name, stages) as display:
+        yield display.folder
 
 
 def usage_error(exc: BaseException) -> int:

@@ -38,6 +38,15 @@ def add_runner_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_quiet_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress lines on stderr during a local run (the counts, rate and ETA of the "
+        "long stages, every few seconds); Beam counters are kept either way",
+    )
+
+
 def add_help_beam_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--help-beam", action="store_true", help="list every Beam pipeline option and exit"

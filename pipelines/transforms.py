@@ -26,6 +26,7 @@ from alp_curation.locnar import InvalidRecord, parse_record, record_to_json
 from alp_curation.tagging import Tagger
 from alp_dataset.schema import image_key, phrase_id
 from pipelines import manifest as m
+from pipelines import progress
 from pipelines.elements import AlpRow, DeadLetter, Narrative, PhraseRow, SourcedRecord
 from pipelines.io import BeamStorage, RawLine, StreamDamaged, iter_lines, open_input
 from pipelines.samples import NARRATIVES
@@ -254,13 +255,22 @@ class CurateBatchFn(beam.DoFn):
 
     Captions are POS-tagged together (spaCy batches them); each record is then curated alone.
     An exception from tagging or curating one record makes that record a "curation_error" dead
-    letter instead of failing the run (DESIGN.md: bad input never crashes a run).
+    letter instead of failing the run (DESIGN.md: bad input never crashes a run). Tagged
+    narratives are counted as they go (`pipelines.progress`; ``progress_folder``: a local run's
+    display, None for counters only).
     """
 
-    def __init__(self, spacy_model: str, tagger_batch_size: int, temporal_padding: float) -> None:
+    def __init__(
+        self,
+        spacy_model: str,
+        tagger_batch_size: int,
+        temporal_padding: float,
+        progress_folder: str | None = None,
+    ) -> None:
         self.spacy_model = spacy_model
         self.tagger_batch_size = tagger_batch_size
         self.temporal_padding = temporal_padding
+        self.progress_folder = progress_folder
         self._tagger: SharedModel | None = None
 
     def setup(self) -> None:
@@ -281,9 +291,14 @@ class CurateBatchFn(beam.DoFn):
                     out.append(exc)
             return out
 
+    def finish_bundle(self) -> None:
+        progress.flush(self.progress_folder)
+
     def process(self, batch: Sequence[SourcedRecord]) -> Iterator[Any]:
         counts: Counter[str] = Counter()
-        for item, tokens in zip(batch, self._tag([s.record.caption for s in batch]), strict=True):
+        tagged = self._tag([s.record.caption for s in batch])
+        progress.advance(self.progress_folder, progress.NARRATIVES_TAGGED, len(batch))
+        for item, tokens in zip(batch, tagged, strict=True):
             record = item.record
             try:
                 if isinstance(tokens, Exception):
@@ -318,11 +333,18 @@ class CurateBatchFn(beam.DoFn):
 class CurateRecords(beam.PTransform):
     """SourcedRecord -> {"alps": AlpRow, "narratives", "dead_letters", "stats"}."""
 
-    def __init__(self, spacy_model: str, batch_size: int, temporal_padding: float) -> None:
+    def __init__(
+        self,
+        spacy_model: str,
+        batch_size: int,
+        temporal_padding: float,
+        progress_folder: str | None = None,
+    ) -> None:
         super().__init__()
         self.spacy_model = spacy_model
         self.batch_size = batch_size
         self.temporal_padding = temporal_padding
+        self.progress_folder = progress_folder
 
     def expand(self, records: pvalue.PCollection) -> pvalue.DoOutputsTuple:
         return (
@@ -330,7 +352,9 @@ class CurateRecords(beam.PTransform):
             | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.batch_size)
             | "TagAndCurate"
             >> beam.ParDo(
-                CurateBatchFn(self.spacy_model, self.batch_size, self.temporal_padding)
+                CurateBatchFn(
+                    self.spacy_model, self.batch_size, self.temporal_padding, self.progress_folder
+                )
             ).with_outputs(NARRATIVES, DEAD_LETTERS, m.STATS, main="alps")
         )
 
@@ -353,15 +377,26 @@ class EmbedBucketFn(beam.DoFn):
     A bucket is the embedding cache's unit (``phrase_id % n_buckets``): one worker reads its
     parts once and adds one part of new phrases. Phrases are embedded in sorted order, so the
     batches the encoder sees, hence the floats, do not depend on the runner.
+
+    Progress (`pipelines.progress`): the side input ``n_unique`` (distinct phrases of the run)
+    is the stage's total; cache hits, phrases to embed and phrases embedded (after each encoder
+    batch) are counted as they go.
     """
 
     def __init__(
-        self, encoder: EncoderConfig, cache_root: str | None, n_buckets: int, batch_size: int
+        self,
+        encoder: EncoderConfig,
+        cache_root: str | None,
+        n_buckets: int,
+        batch_size: int,
+        progress_folder: str | None = None,
     ) -> None:
         self.encoder_config = encoder
         self.cache_root = cache_root
         self.n_buckets = n_buckets
         self.batch_size = batch_size
+        self.progress_folder = progress_folder
+        self._total_given = False
         self._encoder: SharedModel | None = None
         self._cache: EmbeddingCache | None = None
 
@@ -377,8 +412,23 @@ class EmbedBucketFn(beam.DoFn):
                 n_buckets=self.n_buckets,
             )
 
-    def process(self, element: tuple[int, Iterable[tuple[str, int]]]) -> Iterator[Any]:
+    def finish_bundle(self) -> None:
+        progress.flush(self.progress_folder)
+
+    def _looked_up(self, hits: int, misses: int) -> None:
+        progress.advance(self.progress_folder, progress.PHRASES_FROM_CACHE, hits)
+        progress.advance(self.progress_folder, progress.PHRASES_TO_EMBED, misses)
+
+    def _embedded(self, n: int) -> None:
+        progress.advance(self.progress_folder, progress.PHRASES_EMBEDDED, n)
+
+    def process(
+        self, element: tuple[int, Iterable[tuple[str, int]]], n_unique: int | None = None
+    ) -> Iterator[Any]:
         assert self._encoder is not None
+        if n_unique is not None and not self._total_given:
+            progress.set_total(self.progress_folder, progress.TOTAL_UNIQUE_PHRASES, n_unique)
+            self._total_given = True
         _, items = element
         counts = dict(sorted(items))
         phrases = list(counts)
@@ -387,10 +437,20 @@ class EmbedBucketFn(beam.DoFn):
         uncached = [p for p in phrases if "\x00" in p]
         with self._encoder.lock, m.timed("embed"):
             emb, reused = embed_with_cache(
-                self._cache, self._encoder.model, cached, batch_size=self.batch_size
+                self._cache,
+                self._encoder.model,
+                cached,
+                batch_size=self.batch_size,
+                on_lookup=self._looked_up,
+                on_embedded=self._embedded,
             )  # (U, D)
             rest, _ = embed_with_cache(
-                None, self._encoder.model, uncached, batch_size=self.batch_size
+                None,
+                self._encoder.model,
+                uncached,
+                batch_size=self.batch_size,
+                on_lookup=self._looked_up,
+                on_embedded=self._embedded,
             )
         for phrase, row in zip(cached + uncached, [*emb, *rest], strict=True):
             yield PhraseRow(phrase_id(phrase), phrase, counts[phrase], row)
@@ -403,18 +463,31 @@ class EmbedPhrases(beam.PTransform):
     """AlpRow -> {"phrases": PhraseRow, one per unique phrase, "stats"}."""
 
     def __init__(
-        self, encoder: EncoderConfig, cache_root: str | None, n_buckets: int, batch_size: int
+        self,
+        encoder: EncoderConfig,
+        cache_root: str | None,
+        n_buckets: int,
+        batch_size: int,
+        progress_folder: str | None = None,
     ) -> None:
         super().__init__()
-        self.embed = EmbedBucketFn(encoder, cache_root, n_buckets, batch_size)
+        self.embed = EmbedBucketFn(encoder, cache_root, n_buckets, batch_size, progress_folder)
         self.n_buckets = n_buckets
 
     def expand(self, alps: pvalue.PCollection) -> pvalue.DoOutputsTuple:
-        return (
+        counted = (
             alps
             | "PhraseOnes" >> beam.Map(_phrase_one)
             | "CountPerPhrase" >> beam.CombinePerKey(sum)
+        )
+        # One number, for the progress display's total; the phrases themselves go on below.
+        n_unique = counted | "CountUniquePhrases" >> beam.combiners.Count.Globally()
+        return (
+            counted
             | "KeyByBucket" >> beam.Map(_key_by_bucket, self.n_buckets)
             | "GroupByBucket" >> beam.GroupByKey()
-            | "Embed" >> beam.ParDo(self.embed).with_outputs(m.STATS, main="phrases")
+            | "Embed"
+            >> beam.ParDo(self.embed, n_unique=pvalue.AsSingleton(n_unique)).with_outputs(
+                m.STATS, main="phrases"
+            )
         )

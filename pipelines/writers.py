@@ -39,6 +39,7 @@ from alp_dataset.schema import (
     shard_name,
 )
 from pipelines import manifest as m
+from pipelines import progress
 from pipelines.elements import AlpRow, PhraseRow
 from pipelines.io import join, read_file, remove_temp_files, write_atomic, write_bytes_atomic
 
@@ -234,15 +235,24 @@ class WriteShardFn(beam.DoFn):
     folder, a FIFO, no permission) leaves its sample without an image and is counted missing.
     Without, every sample's image was checked upstream and a failed read fails the bundle.
     With the ``embeddings`` side input (phrase -> row), samples are `SampleWithoutEmbeddings`
-    and get their embeddings.npy here.
+    and get their embeddings.npy here. Samples written are counted as they go
+    (`pipelines.progress`; ``progress_folder``: a local run's display).
     """
 
     def __init__(
-        self, out_dir: str, samples_stat: str, image_stats: tuple[str, str] | None = None
+        self,
+        out_dir: str,
+        samples_stat: str,
+        image_stats: tuple[str, str] | None = None,
+        progress_folder: str | None = None,
     ) -> None:
         self.out_dir = out_dir
         self.samples_stat = samples_stat
         self.image_stats = image_stats
+        self.progress_folder = progress_folder
+
+    def finish_bundle(self) -> None:
+        progress.flush(self.progress_folder)
 
     def _image(self, sample: ShardSample) -> dict[str, bytes]:
         if sample.image is None:
@@ -274,6 +284,7 @@ class WriteShardFn(beam.DoFn):
                     image = self._image(s)
                     found += bool(image)
                     tar.write({"__key__": s.key, **s.members(), **image})
+                    progress.advance(self.progress_folder, progress.SAMPLES_WRITTEN)
 
         name = shard_name(index)
         with m.timed("write"):
@@ -349,10 +360,11 @@ def write_shards(
     samples_stat: str = m.SAMPLES,
     image_stats: tuple[str, str] | None = None,
     embeddings: pvalue.AsDict | None = None,
+    progress_folder: str | None = None,
 ) -> WriteParts:
     """Samples -> shards/shard-NNNNNN.tar (`WriteShardFn`), about ``shard_size`` samples each;
     with ``embeddings`` (`pipelines.samples.phrase_embeddings`) for SampleWithoutEmbeddings."""
-    fn = WriteShardFn(out_dir, samples_stat, image_stats)
+    fn = WriteShardFn(out_dir, samples_stat, image_stats, progress_folder)
     return WriteParts(shard_size, sample_part, fn, () if embeddings is None else (embeddings,))
 
 

@@ -12,7 +12,7 @@ phrase names which object, where and when) for measuring the quality of curated 
         sample.mentions    # ground truth per named object
         sample.render()    # uint8 (H, W, 3), only when pixels are wanted
 
-Command line: `python -m alp_dataset.synthetic --out DIR --n-images N --seed S`; with
+Command line: `python -m alp_dataset.synthetic --output DIR --n-images N --seed S`; with
 ``--open-images`` the annotations are written in Open Images' formats as well
 (`alp_dataset.synthetic.oid_export.write_oid_world`).
 """

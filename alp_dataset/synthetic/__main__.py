@@ -1,6 +1,7 @@
 """Command line: write a synthetic world to a folder.
 
-Usage: python -m alp_dataset.synthetic --out DIR --n-images N --seed S [--no-images] [--open-images]
+Usage: python -m alp_dataset.synthetic --output DIR --n-images N --seed S [--no-images]
+    [--open-images]
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from alp_curation import flags
 from alp_dataset.synthetic.export import write_world
 from alp_dataset.synthetic.oid_export import write_oid_world
 from alp_dataset.synthetic.shapes import DEFAULT_CLASSES
@@ -31,6 +33,14 @@ def _image_size(text: str) -> tuple[int, int]:
     )
 
 
+class _NoSuchImagesFlag(argparse.Action):
+    """``--images`` is no flag here (the PNGs are written unless --no-images); without this,
+    `alp_curation.flags` would read it as the old spelling of --n-images."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error("there is no --images: the PNGs are written unless --no-images is given")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m alp_dataset.synthetic",
@@ -47,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument(
-        "--out",
+        "--output",
         required=True,
         metavar="DIR",
         help="output folder (created if missing; files are overwritten)",
@@ -74,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the PNGs (narratives, instances and ground truth are still written; fast)",
     )
+    parser.add_argument("--images", nargs=0, action=_NoSuchImagesFlag, help=argparse.SUPPRESS)
     parser.add_argument(
         "--image-size",
         type=_image_size,
@@ -88,11 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help="narratives per image, each by a different annotator (default: 1)",
     )
-    parser.add_argument(
+    flags.add_class_list(
+        parser,
         "--classes",
-        default=",".join(DEFAULT_CLASSES),
-        metavar="NAMES",
-        help="comma-separated shape classes to draw from (default: all: %(default)s)",
+        default=DEFAULT_CLASSES,
+        help="comma-separated shape classes to draw from (default: all: "
+        + ",".join(DEFAULT_CLASSES)
+        + ")",
     )
     parser.add_argument(
         "--open-images",
@@ -107,15 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = flags.parse_args(parser, argv)
     began = time.perf_counter()
     try:
         paths = write_world(
-            args.out,
+            args.output,
             args.n_images,
             seed=args.seed,
             images=not args.no_images,
-            classes=tuple(c.strip() for c in args.classes.split(",") if c.strip()),
+            classes=tuple(args.classes),
             image_size=args.image_size,
             annotators_per_image=args.annotators_per_image,
             start=args.start,
@@ -124,10 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         oid = None
         if args.open_images:
             oid = write_oid_world(
-                Path(args.out) / "open_images",
+                Path(args.output) / "open_images",
                 args.n_images,
                 seed=args.seed,
-                classes=tuple(c.strip() for c in args.classes.split(",") if c.strip()),
+                classes=tuple(args.classes),
                 image_size=args.image_size,
                 start=args.start,
             )

@@ -53,7 +53,7 @@ def test_every_line_is_accounted_for(tmp_path: Path, capsys: pytest.CaptureFixtu
     path, truth = write_inputs(tmp_path, 12)
     out, dead = tmp_path / "alps.jsonl", tmp_path / "dead.jsonl"
     code = main(
-        [str(path), "--ground-truth", str(truth), "--out", str(out), "--dead-letters", str(dead)]
+        [str(path), "--ground-truth", str(truth), "--output", str(out), "--dead-letters", str(dead)]
     )
     assert code == 0
     summary = capsys.readouterr().out
@@ -102,3 +102,21 @@ def test_a_cut_gz_and_a_byte_order_mark_are_read_as_the_pipeline_reads_them(
     assert tally.lines == 5 and tally.dead_letters == {"read_error": 1}
     (letter,) = map(json.loads, dead.getvalue().splitlines())
     assert letter["source"] == f"{cut}:3" and "cut short" in letter["message"]
+
+
+@pytest.mark.slow
+def test_the_old_out_flag_still_works_with_a_note(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, _ = write_inputs(tmp_path, 2)
+    out = tmp_path / "alps.jsonl"
+    assert main([str(path), "--out", str(out), "--quiet"]) == 0
+    assert "--out is now spelled --output" in capsys.readouterr().err
+    assert out.read_text().count("\n") > 0
+
+
+def test_every_flag_has_a_help_text() -> None:
+    from alp_curation.cli import build_parser
+
+    for action in build_parser()._actions:
+        assert action.help, action.option_strings

@@ -87,7 +87,7 @@ def test_main_prints_the_summary_or_a_clear_error(tiny_run: Path, tmp_path: Path
     status, _, err = run_main(str(tmp_path))
     assert status == 1 and "not an ALP output directory" in err
     with pytest.raises(SystemExit):
-        run_main(str(tiny_run), "--render", "1")  # --render needs --out
+        run_main(str(tiny_run), "--render", "1")  # --render needs --output
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,19 +166,26 @@ def test_load_traces_reads_the_named_lines_and_notes_what_it_cannot(tmp_path: Pa
     path.write_text("\n".join(lines) + "\n")
     rows = pl.DataFrame(
         {
-            "dataset_id": ["d"] * 4,
-            "image_id": ["2"] * 4,
-            "annotator_id": [1, 1, 3, 4],
-            "source_file": [str(path), str(path), str(path), str(tmp_path / "gone.jsonl")],
-            "source_line": [1, 1, 1, 1],
+            "dataset_id": ["d"] * 3,
+            "image_id": ["2"] * 3,
+            "annotator_id": [1, 1, 3],
+            "source_file": [str(path)] * 3,
+            "source_line": [1, 1, 1],
         }
     )
     traces, notes = load_traces(rows)
     assert [t.annotator_id for t in traces] == [1]
     np.testing.assert_array_equal(traces[0].segments[0][0], [0.1, 0.3])
-    assert len(notes) == 2
+    assert len(notes) == 1
     assert "annotator 3" in notes[0] and "another narrative" in notes[0]
-    assert "gone.jsonl" in notes[1] and "not readable here" in notes[1]
+    # A file found nowhere is an error naming it, the paths tried and --narratives.
+    gone = rows.with_columns(pl.lit("gone.jsonl").alias("source_file"))
+    with pytest.raises(InspectError, match=r"gone\.jsonl \(tried gone\.jsonl, .*--narratives"):
+        load_traces(gone, search_roots=[tmp_path])
+    # A relative source file is looked up under the search roots.
+    moved = rows.with_columns(pl.lit("narratives.jsonl").alias("source_file"))
+    traces, _ = load_traces(moved, search_roots=[tmp_path / "elsewhere", tmp_path])
+    assert [t.annotator_id for t in traces] == [1]
     # From a narratives file: every narrative of the image, broken lines skipped.
     traces, notes = load_traces(rows, narratives=path)
     assert [t.annotator_id for t in traces] == [1]
@@ -246,19 +253,69 @@ def test_an_unknown_image_is_refused_with_ids_that_exist(tiny_run: Path) -> None
         render_image(store, "404", images=None)
     with pytest.raises(InspectError, match=r"several datasets .* --dataset-id"):
         render_image(store, "1", images=None)  # image "1" is in datasets d and e
-    status, _, err = run_main(str(tiny_run), "--render", "404", "--out", "x.png")
+    status, _, err = run_main(str(tiny_run), "--render", "404", "--output", "x.png")
     assert status == 1 and "some" not in err and "e.g. 1 (dataset d)" in err
 
 
 def test_a_missing_image_file_is_refused(tiny_run: Path, tmp_path: Path) -> None:
     status, _, err = run_main(
-        str(tiny_run), "--render", "2", "--images", str(tmp_path), "--out", str(tmp_path / "x.png")
+        str(tiny_run),
+        "--render",
+        "2",
+        "--images",
+        str(tmp_path),
+        "--output",
+        str(tmp_path / "x.png"),
     )
     assert status == 1 and "no image file for d/2" in err
 
 
+def _write_tiny_narratives(store: AlpStore, path: Path) -> None:
+    """The narratives the tiny run's ALPs name, at the lines they name."""
+    rows = store.alps.select("image_id", "annotator_id", "source_line").unique().collect()
+    lines = ["{}"] * int(rows["source_line"].max())
+    for image_id, annotator_id, line in rows.iter_rows():
+        lines[line - 1] = _narrative(image_id, annotator_id)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_render_finds_the_narratives_beside_the_output_from_any_folder(
+    tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = AlpStore.open(tiny_run)  # its ALPs name "narratives.jsonl", relative
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    picture = tmp_path / "x.png"
+    status, _, err = run_main(str(tiny_run), "--render", "3", "--output", str(picture))
+    assert status == 1 and not picture.exists()
+    assert "narratives of d/3 cannot be found: narratives.jsonl (tried narratives.jsonl, " in err
+    assert f"{tiny_run / 'narratives.jsonl'}, {tmp_path / 'narratives.jsonl'}" in err
+    assert "--narratives" in err
+    # Where the run was started (the output's parent folder) holds them: found from here.
+    _write_tiny_narratives(store, tmp_path / "narratives.jsonl")
+    status, stdout, err = run_main(str(tiny_run), "--render", "3", "--output", str(picture))
+    assert status == 0, err
+    assert stdout.startswith(f"wrote {picture}")
+    traces, notes = load_traces(alps_of_image(store, "3").collect(), search_roots=[tmp_path])
+    assert traces and notes == []
+
+
+def test_old_flag_spellings_still_work_with_a_note(tiny_run: Path, tmp_path: Path) -> None:
+    _write_tiny_narratives(AlpStore.open(tiny_run), tiny_run / "narratives.jsonl")
+    picture = tmp_path / "x.png"
+    status, _, err = run_main(
+        str(tiny_run), "--render", "3", "--out", str(picture), "--size", "256"
+    )
+    assert status == 0, err
+    assert "--out is now spelled --output" in err and "--size is now spelled --image-size" in err
+    assert max(Image.open(picture).size) >= 256
+
+
 def test_without_images_traces_and_boxes_go_on_a_grey_canvas(tiny_run: Path) -> None:
-    picture = render_image(AlpStore.open(tiny_run), "3", images=None)
+    store = AlpStore.open(tiny_run)
+    _write_tiny_narratives(store, tiny_run / "narratives.jsonl")
+    picture = render_image(store, "3", images=None)
     assert picture.width > 768
     assert picture.getpixel((14, 36)) == (96, 96, 96)  # inside the canvas, outside the box
 
@@ -289,7 +346,7 @@ def test_render_an_image_of_a_real_run(world_run: WorldRun, tmp_path: Path) -> N
         str(world_run.out), "--render", image_id,
         "--images", str(world_run.world.images),
         "--ground-truth", str(world_run.world.instances),
-        "--out", str(out), "--size", "512",
+        "--output", str(out), "--image-size", "512",
     )  # fmt: skip
     assert status == 0, err
     assert stdout.startswith(f"wrote {out}")

@@ -138,8 +138,12 @@ def test_splits_from_both_csv_forms_and_the_override(tmp_path: Path, capsys) -> 
     assert "Mobile phone <- cell phone" in note
     # The override: write the result out, edit it, name the edited file.
     edited = tmp_path / "split.csv"
-    assert main(["--classes", str(descriptions), "--out", str(edited)]) == 0
+    assert main(["--classes", str(descriptions), "--output", str(edited)]) == 0
     assert "2 base (from COCO), 2 novel" in capsys.readouterr().out
+    again = tmp_path / "again.csv"  # the old spelling still works, with a note
+    assert main(["--classes", str(descriptions), "--out", str(again)]) == 0
+    assert "--out is now spelled --output" in capsys.readouterr().err
+    assert again.read_bytes() == edited.read_bytes()
     rows = list(csv.reader(edited.open()))
     assert rows[0] == ["display_name", "mid", "coco_name"]
     assert rows[1] == ["Person", "/m/01g317", "person"]

@@ -344,17 +344,30 @@ def test_cli_writes_the_world_and_explains_flags(tmp_path: Path, capsys) -> None
         main(["--help"])
     assert exit_info.value.code == 0
     help_text = capsys.readouterr().out
-    for flag in ("--out", "--n-images", "--seed", "--no-images", "--image-size", "--start"):
+    for flag in ("--output", "--n-images", "--seed", "--no-images", "--image-size", "--start"):
         assert flag in help_text
     assert "--annotators-per-image" in help_text
 
-    argv = ["--out", str(tmp_path), "--n-images", "3", "--seed", "2", "--no-images", "--quiet"]
+    argv = ["--output", str(tmp_path), "--n-images", "3", "--seed", "2", "--no-images", "--quiet"]
     assert main([*argv, "--image-size", "96x80"]) == 0
     out = capsys.readouterr().out
     assert "narratives.jsonl" in out and "instances.json" in out
     assert not (tmp_path / "images").exists()
     first = json.loads((tmp_path / "narratives.jsonl").read_text().splitlines()[0])
     assert first == next(make_world(1, seed=2, image_size=(96, 80))).narrative
+
+
+def test_cli_reads_old_spellings_with_a_note_and_refuses_images(tmp_path: Path, capsys) -> None:
+    argv = ["--n-images", "2", "--no-images", "--quiet", "--classes", "circle,square"]
+    assert main(["--out", str(tmp_path), *argv]) == 0
+    assert "--out is now spelled --output" in capsys.readouterr().err
+    assert (tmp_path / "narratives.jsonl").is_file()
+    # There is no --images (the PNGs are written unless --no-images): not read as --n-images.
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--output", str(tmp_path), "--n-images", "2", "--images"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "there is no --images" in err and "--n-images" not in err.split("error:")[-1]
 
 
 # ---------------------------------------------------------------- slow

@@ -166,6 +166,31 @@ def test_missing_file_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFix
     assert "is not a file" in capsys.readouterr().err
 
 
+def test_a_shipped_pipeline_runs_from_another_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # No pipelines/ under the working directory: the installed pipelines/extract_alps.py runs.
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "pipelines/extract_alps.py", "--help"]) == 0
+    shown = capsys.readouterr()
+    assert "--text-encoder" in shown.out
+    installed = (REPO / "pipelines" / "extract_alps.py").resolve()
+    assert f"running the installed {installed}" in shown.err
+    assert main(["run", "build_coco_shards.py", "--help"]) == 0
+    assert "--class-split" in capsys.readouterr().out
+
+
+def test_an_unknown_pipeline_file_lists_the_shipped_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "pipelines/extract_alp.py", "--help"]) == 2
+    err = capsys.readouterr().err
+    assert "no such file: pipelines/extract_alp.py" in err
+    for name in ("extract_alps.py", "build_coco_shards.py", "build_oid_shards.py"):
+        assert f"pipelines/{name}" in err
+
+
 def test_file_without_run_is_a_usage_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -235,10 +235,14 @@ def voc_run(coco_inputs: CocoInputs, tmp_path_factory: pytest.TempPathFactory) -
     out = tmp_path_factory.mktemp("voc") / "out"
     status, stdout, err = build(
         "--instances", str(coco_inputs.instances), "--images", str(coco_inputs.images),
-        "--output", str(out), "--split", "coco_voc", "--shard-size", "4",
+        "--output", str(out), "--class-split", "coco_voc", "--shard-size", "4",
     )  # fmt: skip
     assert status == 0, err
     assert "samples" in stdout
+    # Progress on stderr (a local run without --quiet): every image entry checked, of the total.
+    n_images = len(json.loads(coco_inputs.instances.read_text())["images"])
+    assert f"build_coco_shards: images: {n_images:,} of {n_images:,} images checked" in err
+    assert "build_coco_shards: writing shards: " in err
     return out
 
 
@@ -475,7 +479,7 @@ def test_maskx_run_keeps_boxes_of_every_split_class(
     out = tmp_path / "maskx"
     status, _, err = build(
         "--instances", str(coco_inputs.instances), "--images", str(coco_inputs.images),
-        "--output", str(out), "--split", "coco_voc", "--boxes-for", "split-classes",
+        "--output", str(out), "--class-split", "coco_voc", "--boxes-for", "split-classes",
     )  # fmt: skip
     assert status == 0, err
     counts = json.loads((out / MANIFEST_NAME).read_text())["counts"]
@@ -554,7 +558,10 @@ def test_class_lists_that_clash_are_usage_errors(
     out = tmp_path / "out"
     paths = ["--instances", str(instances), "--images", str(images), "--output", str(out)]
     cases = [
-        (["--split", "all", "--base-classes", "circle"], "--split all and --base-classes"),
+        (
+            ["--class-split", "all", "--base-classes", "circle"],
+            "--class-split all and --base-classes",
+        ),
         (["--novel-classes", "star"], "--novel-classes star needs --base-classes"),
         (["--base-classes", "circle,,star"], "'circle,,star' holds an empty name"),
         (["--base-classes", "circle", "--novel-classes", "star,star"], r"repeats ['star']"),
@@ -577,11 +584,14 @@ def test_a_second_run_is_byte_identical(
     voc_run: Path, coco_inputs: CocoInputs, tmp_path: Path
 ) -> None:
     out = tmp_path / "again"
+    # The old spelling --split still works, with a note; --quiet: no progress, same bytes.
     status, _, err = build(
         "--instances", str(coco_inputs.instances), "--images", str(coco_inputs.images),
-        "--output", str(out), "--split", "coco_voc", "--shard-size", "4",
+        "--output", str(out), "--split", "coco_voc", "--shard-size", "4", "--quiet",
     )  # fmt: skip
     assert status == 0, err
+    assert "--split is now spelled --class-split" in err
+    assert "build_coco_shards: images" not in err
     first, second = tree_bytes(voc_run), tree_bytes(out)
     assert first.keys() == second.keys()
     assert first == second
@@ -595,7 +605,7 @@ def test_existing_output_is_refused_then_overwritten(
     shutil.copytree(voc_run, out)
     argv = [
         "--instances", str(coco_inputs.instances), "--images", str(coco_inputs.images),
-        "--output", str(out), "--split", "coco_voc", "--shard-size", "100",
+        "--output", str(out), "--class-split", "coco_voc", "--shard-size", "100",
     ]  # fmt: skip
     status, _, err = build(*argv)
     assert status == 2 and "--overwrite" in err
@@ -665,7 +675,7 @@ def test_a_run_whose_every_image_is_a_dead_letter_warns_and_can_fail(
     packed.write_bytes(gzip.compress(coco_inputs.instances.read_bytes(), mtime=0))
     empty = tmp_path / "wrong-folder"
     empty.mkdir()
-    argv = ["--instances", str(packed), "--images", str(empty), "--split", "coco_voc"]
+    argv = ["--instances", str(packed), "--images", str(empty), "--class-split", "coco_voc"]
     status, _, err = build(*argv, "--output", str(tmp_path / "a"))
     assert status == 0
     assert "warning: every one of the" in err and f"is --images {empty}" in err
@@ -756,7 +766,7 @@ def test_worker_processes_write_the_same_bytes(
         [
             sys.executable, "-m", "pipelines.build_coco_shards",
             "--instances", str(coco_inputs.instances), "--images", str(coco_inputs.images),
-            "--output", str(out), "--split", "coco_voc", "--shard-size", "4",
+            "--output", str(out), "--class-split", "coco_voc", "--shard-size", "4",
             "--direct_num_workers", "2", "--direct_running_mode", "multi_processing",
         ],
         capture_output=True, text=True, timeout=300, check=False,

@@ -280,7 +280,7 @@ def test_a_split_csv_picks_the_classes_that_keep_masks(excerpt: Excerpt, tmp_pat
     # Class descriptions as the split: the shipped correspondence makes Person, Dog and Mobile
     # phone base classes (COCO person, dog, cell phone), Mouse (the animal) novel.
     status, _, err = build(*excerpt_args(
-        excerpt.root, tmp_path / "out", "--split", str(excerpt.root / "classes.csv"),
+        excerpt.root, tmp_path / "out", "--class-split", str(excerpt.root / "classes.csv"),
         "--mask-classes", "novel", "--boxes-for", "all",
     ))  # fmt: skip
     assert status == 0, err
@@ -361,3 +361,15 @@ def test_synthetic_export_runs_byte_identically_and_adds_up(tmp_path: Path) -> N
     assert c["label_rows"]["total"] == n["label_rows"]
     assert manifest["mask_files"]["referenced"] == manifest["mask_files"]["total"] == n["mask_rows"]
     assert c["images"]["total"] == n["images"]
+
+
+def test_the_old_split_flag_is_read_as_class_split_with_a_note(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from pipelines import build_oid_shards, launcher
+
+    argv = ["--split", "classes.csv", "--direct_num_workers", "2", "--output=out"]
+    args, options = launcher.parse_args(build_oid_shards.build_parser(), argv, "oid")
+    assert args.class_split == "classes.csv" and args.output == "out"
+    assert options.get_all_options()["direct_num_workers"] == 2  # Beam's own: untouched
+    assert "oid: note: --split is now spelled --class-split" in capsys.readouterr().err

@@ -394,7 +394,7 @@ def dead_letters_of(out: Path) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def main_run(
     locnar_inputs: LocNarInputs, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Path, str]:
+) -> tuple[Path, str, str]:
     out = tmp_path_factory.mktemp("runs") / "main"
     status, stdout, stderr = extract(
         "--input", locnar_inputs.pattern, "--output", str(out),
@@ -402,7 +402,7 @@ def main_run(
         "--timings-json", str(out.parent / "timings.json"),
     )  # fmt: skip
     assert status == 0, stderr
-    return out, stdout
+    return out, stdout, stderr
 
 
 MAIN_OPTIONS = ("--shard-size", "4", "--alp-rows-per-file", "8")
@@ -410,9 +410,9 @@ MAIN_OPTIONS = ("--shard-size", "4", "--alp-rows-per-file", "8")
 
 @pytest.mark.slow
 def test_the_manifest_accounts_for_every_line(
-    main_run: tuple[Path, str], locnar_inputs: LocNarInputs
+    main_run: tuple[Path, str, str], locnar_inputs: LocNarInputs
 ) -> None:
-    out, stdout = main_run
+    out, stdout, _ = main_run
     manifest = manifest_of(out)
     assert manifest_problems(manifest) == []
     c = manifest["counts"]
@@ -444,9 +444,9 @@ def test_the_manifest_accounts_for_every_line(
 
 @pytest.mark.slow
 def test_the_summary_and_timings_json_give_the_time_of_each_stage(
-    main_run: tuple[Path, str],
+    main_run: tuple[Path, str, str],
 ) -> None:
-    out, stdout = main_run
+    out, stdout, _ = main_run
     timings = json.loads((out.parent / "timings.json").read_text())
     assert timings["wall_seconds"] > 0
     assert set(timings["stage_seconds"]) == set(m.STAGES)
@@ -460,9 +460,9 @@ def test_the_summary_and_timings_json_give_the_time_of_each_stage(
 
 @pytest.mark.slow
 def test_each_broken_line_is_a_dead_letter_with_its_raw_bytes(
-    main_run: tuple[Path, str], locnar_inputs: LocNarInputs
+    main_run: tuple[Path, str, str], locnar_inputs: LocNarInputs
 ) -> None:
-    out, _ = main_run
+    out, _, _ = main_run
     letters = dead_letters_of(out)
     by_line = {d["source_line"]: d for d in letters if d["source_file"].endswith("d.jsonl")}
     assert sorted(by_line) == sorted(locnar_inputs.dead)
@@ -511,10 +511,10 @@ def test_input_of_broken_lines_only_gives_empty_tables_and_a_sound_manifest(
 
 
 @pytest.mark.slow
-def test_polars_reads_the_tables_and_webdataset_the_shards(main_run: tuple[Path, str]) -> None:
+def test_polars_reads_the_tables_and_webdataset_the_shards(main_run: tuple[Path, str, str]) -> None:
     import webdataset as wds
 
-    out, _ = main_run
+    out, _, _ = main_run
     alps = pl.read_parquet(out / "alps" / "*.parquet")
     phrases = pl.read_parquet(out / "phrases" / "*.parquet")
     assert alps.schema["box_xyxy_norm"] == pl.Array(pl.Float32, 4)
@@ -546,18 +546,40 @@ def test_polars_reads_the_tables_and_webdataset_the_shards(main_run: tuple[Path,
 
 @pytest.mark.slow
 def test_a_second_run_launched_by_beam_run_gives_identical_bytes(
-    main_run: tuple[Path, str], locnar_inputs: LocNarInputs, tmp_path: Path
+    main_run: tuple[Path, str, str], locnar_inputs: LocNarInputs, tmp_path: Path
 ) -> None:
     from pipelines.beam_command import main as beam_main
 
     out = tmp_path / "again"
-    status = beam_main(
-        ["run", str(REPO / "pipelines" / "extract_alps.py"),
-         "--input", locnar_inputs.pattern, "--output", str(out), "--text-encoder", "minilm",
-         "--images", str(locnar_inputs.images), *MAIN_OPTIONS]
-    )  # fmt: skip
-    assert status == 0
+    err = io.StringIO()
+    # The old spelling --out still works, with a note; --quiet: no progress, the same bytes.
+    with contextlib.redirect_stderr(err):
+        status = beam_main(
+            ["run", str(REPO / "pipelines" / "extract_alps.py"),
+             "--input", locnar_inputs.pattern, "--out", str(out), "--text-encoder", "minilm",
+             "--images", str(locnar_inputs.images), *MAIN_OPTIONS, "--quiet"]
+        )  # fmt: skip
+    assert status == 0, err.getvalue()
+    assert "--out is now spelled --output" in err.getvalue()
+    assert "extract_alps: " not in err.getvalue()
     assert tree_bytes(out) == tree_bytes(main_run[0])
+
+
+@pytest.mark.slow
+def test_a_local_run_shows_progress_on_stderr(main_run: tuple[Path, str, str]) -> None:
+    out, stdout, stderr = main_run
+    c = manifest_of(out)["counts"]
+    lines = [line for line in stderr.splitlines() if line.startswith("extract_alps: ")]
+    tagging = [line for line in lines if line.startswith("extract_alps: tagging: ")]
+    assert tagging[-1].startswith(f"extract_alps: tagging: {c['records']['total']:,} narratives")
+    unique = c["unique_phrases"]
+    embedding = [line for line in lines if line.startswith("extract_alps: embedding: ")]
+    assert embedding[-1].startswith(
+        f"extract_alps: embedding: {unique:,} of {unique:,} phrases ({unique:,} embedded, "
+        "0 from the cache)"
+    )
+    assert any(line.startswith("extract_alps: writing shards: ") for line in lines)
+    assert "extract_alps: " not in stdout
 
 
 @pytest.mark.slow
@@ -574,9 +596,9 @@ def test_python_m_shows_the_help() -> None:
 
 @pytest.mark.slow
 def test_two_worker_processes_give_the_same_bytes(
-    main_run: tuple[Path, str], locnar_inputs: LocNarInputs, tmp_path: Path
+    main_run: tuple[Path, str, str], locnar_inputs: LocNarInputs, tmp_path: Path
 ) -> None:
-    out, _ = main_run
+    out, _, _ = main_run
     parallel = tmp_path / "parallel"
     status, _, err = extract(
         "--input", locnar_inputs.pattern, "--output", str(parallel),
@@ -585,13 +607,17 @@ def test_two_worker_processes_give_the_same_bytes(
     )  # fmt: skip
     assert status == 0, err
     assert tree_bytes(parallel) == tree_bytes(out)
+    # One display sums both worker processes' counts: the last line has every phrase.
+    unique = manifest_of(out)["counts"]["unique_phrases"]
+    embedding = [x for x in err.splitlines() if x.startswith("extract_alps: embedding: ")]
+    assert embedding[-1].startswith(f"extract_alps: embedding: {unique:,} of {unique:,} phrases")
 
 
 @pytest.mark.slow
 def test_an_existing_run_is_refused_then_overwritten_cleanly(
-    main_run: tuple[Path, str], locnar_inputs: LocNarInputs, tmp_path: Path
+    main_run: tuple[Path, str, str], locnar_inputs: LocNarInputs, tmp_path: Path
 ) -> None:
-    out, _ = main_run
+    out, _, _ = main_run
     target = tmp_path / "target"
     shutil.copytree(out, target)
     before = tree_bytes(target)
@@ -613,7 +639,7 @@ def test_an_existing_run_is_refused_then_overwritten_cleanly(
 
 @pytest.mark.slow
 def test_the_embedding_cache_embeds_only_new_phrases(
-    main_run: tuple[Path, str], locnar_inputs: LocNarInputs, tmp_path: Path
+    main_run: tuple[Path, str, str], locnar_inputs: LocNarInputs, tmp_path: Path
 ) -> None:
     cache = tmp_path / "cache"
 

@@ -1,5 +1,6 @@
-"""``--split PATH.csv`` in pipelines/build_coco_shards.py: a CSV of Open Images classes keeps the
-masks of the COCO classes its base classes come from, and the run says what it matched."""
+"""``--class-split PATH.csv`` in pipelines/build_coco_shards.py: a CSV of Open Images classes
+keeps the masks of the COCO classes its base classes come from, and the run says what it
+matched."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def test_coco_shards_from_an_open_images_class_list(tmp_path: Path) -> None:
         status = build_coco_shards.run([
             "--runner", "FnApiRunner", "--instances", str(instances),
             "--images", str(world.images), "--output", str(tmp_path / "out"),
-            "--split", str(classes), "--mask-classes", "base",
+            "--class-split", str(classes), "--mask-classes", "base",
         ])  # fmt: skip
     assert status == 0, err.getvalue()
     assert "2 base (from COCO), 1 novel" in err.getvalue()
@@ -42,4 +43,4 @@ def test_coco_shards_from_an_open_images_class_list(tmp_path: Path) -> None:
     assert manifest["classes"]["mask"] == ["cell phone", "person"]
     assert manifest["classes"]["not_selected"] == ["car", "dog"]
     with contextlib.redirect_stderr(io.StringIO()), pytest.raises(SystemExit):
-        build_coco_shards.run(["--split", "coco_vocc", "--instances", "x", "--images", "y"])
+        build_coco_shards.run(["--class-split", "coco_vocc", "--instances", "x", "--images", "y"])
