@@ -35,6 +35,10 @@ RENAMED: dict[str, str] = {
     "--phrases": "--n-phrases",
 }
 
+# The convention's spelling -> the flag an entry point defines for it under another name, read
+# silently: ``--quiet`` is ``models.train``'s ``--no-progress`` (a config field's on/off flag).
+SYNONYMS: dict[str, str] = {"--quiet": "--no-progress"}
+
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the description's line breaks and shows each flag's default: "(default: X)" is
@@ -78,6 +82,10 @@ def renamed_argv(
             out.extend(tokens[i:])
             break
         flag, sep, value = token.partition("=")
+        synonym = SYNONYMS.get(flag)
+        if synonym is not None and synonym in known and flag not in known:
+            out.append(synonym + sep + value)  # the convention's word for it: no note
+            continue
         new = RENAMED.get(flag)
         if new is None or new not in known or flag in known:
             out.append(token)

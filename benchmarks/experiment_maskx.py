@@ -24,7 +24,7 @@ fourth one (circle, heart, crown, gear: about a quarter, as VOC's 20 of COCO's 8
 ``train_partial``, boxes for A ∪ B and masks for A only (``--base-classes A --novel-classes B
 --boxes-for split-classes``), and ``train_full``, the same with masks for every class
 (``--mask-classes all``, the oracle's data). A held-out world of another seed has masks for all
-classes (``--split all``) and gives mask / box AP (pycocotools) on A and on B.
+classes (``--class-split all``) and gives mask / box AP (pycocotools) on A and on B.
 
 Training, stage-wise as in Table 1 (a-c): stage one is a Faster R-CNN trained on the boxes of
 A ∪ B with no mask loss (``--train-stage detection``, ``--stage1-steps``); every stage-wise row

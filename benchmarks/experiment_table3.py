@@ -92,7 +92,7 @@ def prepare(work: Path, *, n_coco: int, n_locnar: int, n_eval: int, seed: int) -
     return {
         "base_masks": coco_shards(coco.instances, coco.images, work / "shards_base_masks"),
         "novel_alps": alp_shards(locnar.narratives, locnar.images, work / "shards_novel_alps"),
-        # Every category of the file is "base" with --split all; masks for none of them.
+        # Every category of the file is "base" with --class-split all; masks for none of them.
         "novel_boxes": coco_shards(
             locnar.instances,
             locnar.images,

@@ -385,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--limit", type=int, default=None, metavar="N", help="stop after N images (a quick look)"
     )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
     parser.add_argument(
         "--nms-threshold",
         type=float,
@@ -533,6 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             group_of_weight=args.group_of_weight,
             submission_csv=args.submission,
             detections_json=args.detections,
+            progress=not args.quiet,
         )
     except ShardsError as exc:  # what the manifests could not tell before the pass
         parser.error(f"--{exc}")

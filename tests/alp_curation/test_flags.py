@@ -63,3 +63,14 @@ def test_empty_or_repeated_class_names_are_usage_errors(value, capsys):
         flags.parse_args(parser(), ["--classes", value])
     assert exc.value.code == 2
     assert "--classes" in capsys.readouterr().err
+
+
+def test_quiet_is_read_as_an_entry_points_own_no_progress_without_a_note():
+    p = argparse.ArgumentParser(prog="t")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    stream = io.StringIO()
+    assert flags.renamed_argv(["--quiet"], flags.option_strings(p), "t", stream) == [
+        "--no-progress"
+    ]
+    assert stream.getvalue() == ""
+    assert flags.parse_args(p, ["--quiet"]).progress is False

@@ -298,6 +298,12 @@ def test_command_line_writes_json_and_prints_a_table(
         assert any(line.startswith(name) and entry["part"] in line for line in printed.splitlines())
     with Image.open(plot) as image:
         assert image.format == "PNG" and image.size[0] > 300
+    if arch == "fcos-mo":  # --quiet: no bar
+        argv = ["--checkpoint", str(checkpoint), "--shards", coco_run.shards[0],
+                "--base-classes", "circle,square", "--novel-classes", novel, "--image-size",
+                "128", "--limit", "1", "--device", "cpu", "--quiet"]  # fmt: skip
+        assert main(argv) == 0
+        assert "1/1" not in capsys.readouterr().err
     written = json.loads(detections.read_text())
     assert all(isinstance(d["segmentation"]["counts"], str) for d in written)
     assert {d["image_id"] for d in written} <= {i["id"] for i in coco_run.instances["images"]}
