@@ -248,8 +248,8 @@ ARGS = argparse.Namespace()  # the parsed flags, which the measuring children ge
 
 def _child(arch: str, reference: bool) -> dict[str, Any]:
     argv = []
-    for name in ("steps", "warmup", "infer", "threads", "size", "batch"):
-        argv += [f"--{name}", str(getattr(ARGS, name))]
+    for name in ("steps", "warmup", "infer", "threads", "image_size", "batch_size"):
+        argv += [f"--{name.replace('_', '-')}", str(getattr(ARGS, name))]
     child = [sys.executable, __file__, "--one", f"{arch}:{int(reference)}", *argv]
     done = subprocess.run(child, capture_output=True, text=True, check=False)
     if done.returncode != 0:

@@ -11,7 +11,8 @@ read as one group.
 Only the ``top_k`` highest-scoring predictions are drawn (a hundred overlapping captions read as
 none). Captions are sized to the image (about 2.5 % of its longer side, at least 12 px), sit on
 a box of the class colour with black or white text, whichever contrasts more, and move below
-the box or inside it where another caption already stands.
+the box or inside it where another caption already stands; a detection with no free place left
+keeps its box and mask but no caption, so no caption ever covers another.
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["DEFAULT_TOP_K", "PALETTE", "colour_for", "draw_predictions", "text_colour"]
+__all__ = [
+    "DEFAULT_TOP_K",
+    "PALETTE",
+    "caption_place",
+    "colour_for",
+    "draw_predictions",
+    "text_colour",
+]
 
 DEFAULT_TOP_K = 20
 
@@ -65,6 +73,26 @@ def text_colour(background: tuple[int, int, int]) -> tuple[int, int, int]:
 
 def _overlaps(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def caption_place(
+    box_xyxy: tuple[float, float, float, float],
+    caption_wh: tuple[float, float],
+    image_wh: tuple[int, int],
+    placed: Sequence[tuple[float, ...]],
+) -> tuple[float, float, float, float] | None:
+    """Where a caption of size ``caption_wh`` goes for a box: above it, else just inside its top
+    edge, else below it, else inside its bottom edge (each kept on the image), the first place
+    that overlaps none of the ``placed`` captions; None when every one does."""
+    x0, y0, _, y1 = box_xyxy
+    (tw, th), (w, h) = caption_wh, image_wh
+    tx = min(max(x0, 0.0), max(0.0, w - tw))
+    for ty in (y0 - th, y0, y1, y1 - th):
+        ty = min(max(ty, 0.0), max(0.0, h - th))
+        spot = (tx, ty, tx + tw, ty + th)
+        if not any(_overlaps(spot, p) for p in placed):
+            return spot
+    return None
 
 
 def draw_predictions(
@@ -115,12 +143,9 @@ def draw_predictions(
         caption = f"{pred['label']} {float(pred['score']):.2f}"
         left, top, right, bottom = draw.textbbox((0, 0), caption, font=font)
         tw, th = right - left + 2 * pad, bottom - top + 2 * pad
-        tx = min(max(x0, 0.0), max(0.0, w - tw))
-        # Above the box, else just inside its top edge, else below it: the first free place.
-        candidates = [y0 - th, y0, y1, y1 - th]
-        spots = [min(max(ty, 0.0), max(0.0, h - th)) for ty in candidates]
-        boxes = [(tx, ty, tx + tw, ty + th) for ty in spots]
-        spot = next((b for b in boxes if not any(_overlaps(b, p) for p in placed)), boxes[0])
+        spot = caption_place((x0, y0, x1, y1), (tw, th), (w, h), placed)
+        if spot is None:
+            continue  # every place would cover a better detection's caption: box only
         placed.append(spot)
         draw.rectangle(spot, fill=colour)
         draw.text((spot[0] + pad - left, spot[1] + pad - top), caption, fill=text_colour(colour),

@@ -33,6 +33,7 @@ __all__ = ["PlotError", "Run", "load_run", "main", "plot_runs", "series"]
 
 ALL = "all sources"  # the series of a run-wide figure (loss_total, fg_accuracy)
 LINE_STYLES = ("-", "--", ":", "-.")
+MARKERS_UP_TO = 30  # points of a series drawn with markers, so a short run still shows
 PANEL_ORDER = ("loss_total", "fg_accuracy")  # first; the loss terms follow, sorted
 
 
@@ -163,6 +164,9 @@ def plot_runs(
                     color=colours[i % len(colours)],
                     linestyle=styles[source],
                     linewidth=1.4,
+                    # a few logged lines (a short run) would draw as next to nothing
+                    marker="o" if len(steps) <= MARKERS_UP_TO else None,
+                    markersize=3,
                 )
         ax.set_title(metric)
         ax.set_xlabel("step")

@@ -399,3 +399,20 @@ def test_help_gives_every_flag_a_help_text(capsys: pytest.CaptureFixture[str]) -
         assert flag in text
     for action in build_parser()._actions:
         assert action.help, action.option_strings
+
+
+def test_a_caption_with_no_free_place_is_left_out() -> None:
+    from models.draw import caption_place
+
+    placed: list[tuple[float, ...]] = []
+    box = (40.0, 40.0, 60.0, 80.0)
+    while (spot := caption_place(box, (30.0, 10.0), (128, 128), placed)) is not None:
+        placed.append(spot)
+        assert len(placed) <= 4  # above, inside the top, below, inside the bottom
+    assert len(placed) == 4
+    for i, a in enumerate(placed):  # no two captions overlap
+        for b in placed[i + 1 :]:
+            assert not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3])
+    # On the image's edge the places are clamped onto it.
+    top = caption_place((0.0, 0.0, 20.0, 20.0), (30.0, 10.0), (128, 128), [])
+    assert top == (0.0, 0.0, 30.0, 10.0)
