@@ -5,8 +5,8 @@
 
 Generates an output directory as ``pipelines/extract_alps.py`` lays it out (``alp_dataset.schema``:
 ALP_SCHEMA, the pipeline's Parquet writer options and row groups, a manifest), with phrases drawn
-from a Zipf distribution over ``--phrases`` phrases and ALPs spread over ``--images`` images; then
-answers, through ``alp_dataset.query``,
+from a Zipf distribution over ``--n-phrases`` phrases and ALPs spread over ``--n-images``
+images; then answers, through ``alp_dataset.query``,
 
 - "top 20 phrases": ``phrase_frequencies(store).head(20).collect()`` (ALPs and images per phrase);
 - "ALPs of one image": ``alps_of_image(store, image_id).collect()`` (every column);
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from process_stats import peak_rss_mib
 
 from alp_curation import flags
 
@@ -205,23 +206,6 @@ def generate(
 # One measurement, in a fresh process
 
 
-def _peak_rss_mib() -> float:
-    """Peak resident memory of this process so far, MiB.
-
-    Linux's ``getrusage`` maximum survives ``exec``: a child started by a parent holding the
-    generated table would report the parent's size. /proc/self/status's VmHWM belongs to this
-    process's own address space, so it is read where it exists.
-    """
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
 def measure(out: Path, query: str, image_id: str, repeats: int) -> dict[str, Any]:
     """Run ``query`` once (cold) and ``repeats`` times more (warm) in this process."""
     t0 = time.perf_counter()
@@ -230,7 +214,7 @@ def measure(out: Path, query: str, image_id: str, repeats: int) -> dict[str, Any
     from alp_dataset.query import AlpStore, alps_of_image, phrase_frequencies
 
     import_s = time.perf_counter() - t0
-    rss_after_import = _peak_rss_mib()
+    rss_after_import = peak_rss_mib()
 
     def answer() -> pl.DataFrame:
         store = AlpStore.open(out)  # part of the cost: a user opens the run, then asks
@@ -253,7 +237,7 @@ def measure(out: Path, query: str, image_id: str, repeats: int) -> dict[str, Any
         "cold_s": times[0],
         "warm_s": statistics.median(times[1:]) if repeats else float("nan"),
         "rows_out": result.height,
-        "peak_rss_mib": _peak_rss_mib(),
+        "peak_rss_mib": peak_rss_mib(),
         "rss_after_import_mib": rss_after_import,
         "polars": pl.__version__,
         "threads": pl.thread_pool_size(),

@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from process_stats import peak_rss_mib
+
 from alp_curation import flags
 
 WAYS = ("discovery on", "as shipped")
@@ -32,14 +34,6 @@ CAPTIONS = [
     "In this picture we can see a red car and two small dogs on the grass.",
     "A man in a black shirt holding a white umbrella near the wooden table.",
 ] * 8
-
-
-def _peak_rss_mib() -> float:
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def worker(way: str, encoder: str) -> dict[str, Any]:
@@ -67,7 +61,7 @@ def worker(way: str, encoder: str) -> dict[str, Any]:
         "tagger_s": t2 - t1,
         "encoder_s": t3 - t2,
         "first_batch_s": t4 - t3,
-        "peak_rss_mib": _peak_rss_mib(),
+        "peak_rss_mib": peak_rss_mib(),
         "modules": sorted(m for m in ("transformers", "spacy_transformers") if m in sys.modules),
     }
 

@@ -25,18 +25,12 @@ import threading
 import tracemalloc
 from pathlib import Path
 
+from process_stats import peak_rss_mib
+
 from alp_curation import flags
 
 GROWTH = 1.05  # a new snapshot when the traced size has grown this much since the last
 OURS = ("apache_beam", "pipelines", "alp_curation", "alp_dataset")
-
-
-def _peak_rss_mib() -> float:
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def _where(trace: tracemalloc.Traceback, depth: int) -> str:
@@ -108,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"tracemalloc at the last snapshot: {total / 2**20:,.0f} MiB traced "
         f"(traced peak {traced_peak / 2**20:,.0f} MiB; process peak RSS "
-        f"{_peak_rss_mib():,.0f} MiB); pipeline exit status {status}"
+        f"{peak_rss_mib():,.0f} MiB); pipeline exit status {status}"
     )
     print("| MiB | blocks | share | where (innermost first) |\n|---:|---:|---:|---|")
     for stat in stats[: args.top]:
