@@ -58,7 +58,7 @@ def test_class_csv_to_shards_to_training_to_challenge_evaluation(tmp_path: Path)
         *[a for z in world.mask_zips for a in ("--mask-dir", str(z))],
         "--labels", str(world.labels), "--boxes", str(world.boxes),
         "--images", str(world.images), "--output", str(shards), "--keep-empty-images",
-        "--split", str(split), "--shard-size", "4",
+        "--class-split", str(split), "--shard-size", "4",
     ])  # fmt: skip
     assert status == 0, err
     assert "2 base (from COCO)" in err  # what the split matched is printed
@@ -84,9 +84,9 @@ def test_class_csv_to_shards_to_training_to_challenge_evaluation(tmp_path: Path)
         tmp_path / "r.json",
     )
     status, table, err = _quiet(evaluate.main, [
-        "--checkpoint", str(run / "last.pt"), "--shards", str(shards), "--split", str(split),
-        "--size", "64", "--device", "cpu", "--out", str(result_path),
-        "--submission", str(submission), "--results-json", str(results),
+        "--checkpoint", str(run / "last.pt"), "--shards", str(shards), "--class-split",
+        str(split), "--image-size", "64", "--device", "cpu", "--output", str(result_path),
+        "--submission", str(submission), "--detections", str(results),
     ])  # fmt: skip
     assert status == 0, err
     assert "OID mask AP50" in table and f"images: {N_IMAGES}" in table
