@@ -8,7 +8,7 @@ and for each class.
 
 In Python, from a checkpoint to the result dict (the JSON of ``--output``):
 
-    model = load_model("run/checkpoint.pt")                       # models.predict
+    model = load_model("run/checkpoint.pt")                       # models.inference
     names = [*base, *novel]
     result = evaluate_model(model, eval_dataset("coco_val", size=default_image_size(model)),
                             names, base, novel)
@@ -84,15 +84,15 @@ from models.evaluation.collect import (
 )
 from models.evaluation.oid_ground_truth import OidClassTable, find_oid_manifest
 from models.evaluation.shards import ShardsError, inspect_eval_shards
-from models.predict import (
+from models.inference import (
     default_device,
     default_image_size,
     embed_classes,
     inference_settings,
-    load_for_inference,
     load_model,
     predict_batch,
 )
+from models.predict import load_for_inference
 
 __all__ = [
     "ORIGINAL_BOXES",
@@ -136,7 +136,7 @@ class GroundTruthEvalTransform(EvalTransform):
 def eval_dataset(urls: str | Sequence[str], *, size: int, **kwargs: Any) -> CocoShardDataset:
     """COCO or Open Images shards (a pipeline's output folder, a brace pattern, a list) read
     once in a fixed order, crowds kept, through `GroundTruthEvalTransform` with longer side
-    ``size`` (what `evaluate_model` needs; `models.predict.default_image_size` gives the
+    ``size`` (what `evaluate_model` needs; `models.inference.default_image_size` gives the
     checkpoint's). ``kwargs`` go to `CocoShardDataset`."""
     options: dict[str, Any] = {
         "epoch_length": None,

@@ -3,7 +3,7 @@ the ground truth of each image (as a COCO instances dict), the detections, the f
 (the challenge's submission CSV, COCO results JSON) and the table printed.
 
 Plain data: the targets come from `models.evaluate.GroundTruthEvalTransform`, the detections
-from `models.predict`; no model here.
+from `models.inference`; no model here.
 """
 
 from __future__ import annotations

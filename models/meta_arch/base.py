@@ -40,7 +40,7 @@ class Detector(nn.Module):
     detectors do.
 
     The inference thresholds ``score_threshold`` and ``nms_threshold`` are plain attributes, so
-    evaluation may override them for a run (`models.predict.inference_settings`).
+    evaluation may override them for a run (`models.inference.inference_settings`).
     """
 
     size_divisibility = 32

@@ -74,7 +74,7 @@ class MaskXRCNN(Detector):
     Every trainable parameter takes part in every step.
 
     Eval: ``class_embeddings`` is a (C, K) one-hot matrix whose rows pick classes of the model
-    (`models.predict.class_queries` builds it from names); per image up to
+    (`models.inference.class_queries` builds it from names); per image up to
     ``detections_per_image`` dicts of ``boxes_xyxy_px`` float32 (k, 4), ``scores`` float32
     (k,), ``labels`` int64 (k,) rows of that matrix, ``masks`` float32 (k, 1, H, W)
     probabilities pasted into the image.
@@ -328,7 +328,7 @@ class MaskXRCNN(Detector):
             bad = torch.where(~one_hot)[0].tolist()
             raise ValueError(
                 f"class_embeddings rows {bad[:5]}: a MaskX R-CNN selects its classes with "
-                "one-hot rows (models.predict.class_queries)"
+                "one-hot rows (models.inference.class_queries)"
             )
         return queries.argmax(dim=1)
 
