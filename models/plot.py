@@ -70,7 +70,9 @@ def load_run(path: Path, name: str | None = None) -> Run:
 
 def series(run: Run, metric: str) -> dict[str, tuple[list[int], list[float]]]:
     """Per source (and `ALL` for the run-wide figures): the steps and values of ``metric``;
-    lines without it (a null accuracy, a source absent from a window) are skipped."""
+    lines without it (a null accuracy, a source absent from a window) are skipped, and so is a
+    source's loss term that is 0 in every line (a loss it does not train, as the ALPs' box and
+    mask losses): drawn, it would read as a loss that is perfectly learnt."""
     out: dict[str, tuple[list[int], list[float]]] = {}
 
     def add(key: str, step: int, value: Any) -> None:
@@ -85,6 +87,8 @@ def series(run: Run, metric: str) -> dict[str, tuple[list[int], list[float]]]:
             add(ALL, step, record.get(metric))
         for source, values in record["sources"].items():
             add(source, step, values.get(metric))
+    if metric.startswith("loss_"):
+        out = {k: v for k, v in out.items() if k == ALL or any(x != 0.0 for x in v[1])}
     return out
 
 
