@@ -36,6 +36,7 @@ PYTHON = {"python", "py"}
 SMALL = {
     "N_IMAGES": "24",
     "N_NARRATIVES": "40",
+    "SIZES": "40,60",
     "N_ROWS": "2000",
     "N_TEXTS": "16",
     "STEPS": "3",
