@@ -117,16 +117,35 @@ def parse_known_args(
     return parser.parse_known_args(renamed_argv(argv, option_strings(parser), parser.prog))
 
 
-def class_list(text: str) -> tuple[str, ...]:
-    """ "dog, sofa,red car" -> ("dog", "sofa", "red car"); an empty or repeated name is an
-    error. Every flag that takes class names reads them this way."""
+def split_class_names(text: str) -> tuple[str, ...]:
+    """ "dog, sofa,red car" -> ("dog", "sofa", "red car"); ValueError for an empty or repeated
+    name. What every class-list flag, and `models.inference.parse_class_list`, reads."""
     names = tuple(part.strip() for part in text.split(","))
     if not all(names):
-        raise argparse.ArgumentTypeError(f"class list {text!r} holds an empty name")
+        raise ValueError(f"class list {text!r} holds an empty name")
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        raise argparse.ArgumentTypeError(f"class list {text!r} repeats {repeated}")
+        raise ValueError(f"class list {text!r} repeats {repeated}")
     return names
+
+
+def class_list(text: str) -> tuple[str, ...]:
+    """`split_class_names` as an argparse ``type=``: its errors become usage errors that keep
+    their message."""
+    try:
+        return split_class_names(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def join_class_lists(values: Iterable[str]) -> tuple[str, ...]:
+    """The names of several shell words, each comma-separated: ["a,b", "c"] -> ("a", "b", "c");
+    ValueError for an empty name, or a name repeated within or across the words."""
+    names = [name for value in values for name in split_class_names(value)]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"repeats {repeated}")
+    return tuple(names)
 
 
 class ClassListAction(argparse.Action):
@@ -134,16 +153,10 @@ class ClassListAction(argparse.Action):
     the older ``--classes dog cat`` both give ("dog", "cat")."""
 
     def __call__(self, parser, namespace, values, option_string=None):
-        names: list[str] = []
-        for value in values:
-            try:
-                names.extend(class_list(value))
-            except argparse.ArgumentTypeError as exc:
-                parser.error(f"argument {option_string}: {exc}")
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            parser.error(f"argument {option_string}: repeats {repeated}")
-        setattr(namespace, self.dest, tuple(names))
+        try:
+            setattr(namespace, self.dest, join_class_lists(values))
+        except ValueError as exc:
+            parser.error(f"argument {option_string}: {exc}")
 
 
 def add_class_list(parser: argparse.ArgumentParser, flag: str, **kwargs) -> argparse.Action:

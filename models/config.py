@@ -426,16 +426,10 @@ def _split_class_lists(explicit: dict[str, Any], parser: argparse.ArgumentParser
     for name in CLASS_LIST_FIELDS:
         if name not in explicit:
             continue
-        names: list[str] = []
-        for value in explicit[name]:
-            try:
-                names.extend(flags.class_list(value))
-            except argparse.ArgumentTypeError as exc:
-                parser.error(f"argument {flag_name(name)}: {exc}")
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            parser.error(f"argument {flag_name(name)}: repeats {repeated}")
-        explicit[name] = tuple(names)
+        try:
+            explicit[name] = flags.join_class_lists(explicit[name])
+        except ValueError as exc:
+            parser.error(f"argument {flag_name(name)}: {exc}")
 
 
 def resolve_config(argv: Sequence[str] | None = None) -> tuple[DetectorConfig, TrainConfig]:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from alp_curation.flags import split_class_names
 from alp_dataset.transforms import GEOMETRY, EvalTransform, Geometry
 
 __all__ = [
@@ -100,14 +101,9 @@ class CheckpointInfo:
 
 
 def parse_class_list(text: str) -> list[str]:
-    """ "dog, sofa,red car" -> ["dog", "sofa", "red car"]; empty or repeated names are errors."""
-    names = [part.strip() for part in text.split(",")]
-    if not all(names):
-        raise ValueError(f"class list {text!r} holds an empty name")
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise ValueError(f"class list {text!r} repeats {repeated}")
-    return names
+    """ "dog, sofa,red car" -> ["dog", "sofa", "red car"]; ValueError for an empty or repeated
+    name (`alp_curation.flags.split_class_names`, which the command lines read too)."""
+    return list(split_class_names(text))
 
 
 def embed_classes(
