@@ -186,8 +186,8 @@ def embeddings_npy(rows: Sequence[np.ndarray]) -> bytes:
 class SampleWithoutEmbeddings:
     """A `Sample` whose embeddings.npy is made where the sample is written, from the phrase
     embeddings: until then it holds each ALP's phrase (a few bytes) instead of its float row
-    (4 * D bytes), so a local runner that keeps every sample in memory before the shard writer
-    keeps far less (`pipelines.samples.BuildSamples`)."""
+    (4 * D bytes). Local runs build these in the shard writer (`pipelines.samples.SamplesOfImages`),
+    so no embedding row per ALP is ever pickled."""
 
     key: str
     alps_json: bytes

@@ -63,7 +63,8 @@ from pipelines.options import (
     non_negative_float,
     positive_int,
 )
-from pipelines.samples import NARRATIVES, BuildSamples, phrase_embeddings
+from pipelines.samples import NARRATIVES, BuildSamples, phrase_embeddings, spilled_samples
+from pipelines.spill import spill_folder
 from pipelines.transforms import (
     DEAD_LETTERS,
     CurateRecords,
@@ -301,10 +302,12 @@ def build_pipeline(
     encoder_config: EncoderConfig,
     plan: LocalPlan,
     progress_folder: str | None = None,
+    spill_folder: str | None = None,
 ) -> None:
     """Add the curation stages to ``p`` (``about``: the manifest's static entries; ``plan``: how
     the input is read, `pipelines.local_workers`; ``progress_folder``: where the workers report
-    progress, `pipelines.progress`)."""
+    progress, `pipelines.progress`; ``spill_folder``: for a local run, where rows are grouped
+    into output files through the disk, `pipelines.spill`)."""
     out = args.output
     encoder = about["encoder"]
     read = p | "ReadLocNar" >> ReadLocNar(
@@ -321,20 +324,28 @@ def build_pipeline(
         args.embed_batch_size,
         progress_folder,
     )
-    # Local runners hold what crosses a shuffle in memory: samples carry phrases, not rows.
-    samples = (curated.alps, phrases.phrases, curated[NARRATIVES]) | "BuildSamples" >> (
-        BuildSamples(encoder["dim"], args.images, embed_at_write=plan.local)
-    )
+    spilled = None if spill_folder is None else writers.Spilled(spill_folder)
+    if spill_folder is None:
+        samples = (curated.alps, phrases.phrases, curated[NARRATIVES]) | "BuildSamples" >> (
+            BuildSamples(encoder["dim"], args.images)
+        )
+        sample_spill, embeddings = None, None
+    else:  # local: built in the shard writer, from image items grouped through the disk
+        samples, sample_spill = spilled_samples(
+            curated.alps, curated[NARRATIVES], spill_folder, encoder["dim"], args.images
+        )
+        embeddings = phrase_embeddings(phrases.phrases)
     dead = (read[DEAD_LETTERS], parsed[DEAD_LETTERS], curated[DEAD_LETTERS]) | (
         "AllDeadLetters" >> beam.Flatten()
     )
     dead_per_file = args.dead_letter_rows_per_file
     written = [
-        curated.alps | "WriteAlpTable" >> writers.write_alp_table(out, args.alp_rows_per_file),
+        curated.alps
+        | "WriteAlpTable" >> writers.write_alp_table(out, args.alp_rows_per_file, spilled=spilled),
         phrases.phrases
         | "WritePhraseTable"
         >> writers.write_phrase_table(
-            out, args.phrase_rows_per_file, encoder["dim"], encoder["id"]
+            out, args.phrase_rows_per_file, encoder["dim"], encoder["id"], spilled=spilled
         ),
         samples
         | "WriteShards"
@@ -342,10 +353,12 @@ def build_pipeline(
             out,
             args.shard_size,
             image_stats=(m.IMAGES_FOUND, m.IMAGES_MISSING) if args.images else None,
-            embeddings=phrase_embeddings(phrases.phrases) if plan.local else None,
+            embeddings=embeddings,
             progress_folder=progress_folder,
+            spilled=sample_spill,
         ),
-        dead | "WriteDeadLetters" >> writers.write_dead_letters(out, dead_per_file),
+        dead
+        | "WriteDeadLetters" >> writers.write_dead_letters(out, dead_per_file, spilled=spilled),
     ]
     files = [w.files for w in written] | "AllFiles" >> beam.Flatten()
     stats = [
@@ -422,10 +435,11 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> i
     show = plan.local and not args.quiet
     with (
         worker_environment(plan),
+        spill_folder(plan.local) as spill,
         launcher.progress_lines("extract_alps", PROGRESS_STAGES, show=show) as folder,
     ):
         finished = launcher.execute(
-            lambda p: build_pipeline(p, args, paths, about, encoder_config, plan, folder),
+            lambda p: build_pipeline(p, args, paths, about, encoder_config, plan, folder, spill),
             options,
             args,
             save_main_session=save_main_session,

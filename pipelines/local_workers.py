@@ -4,11 +4,13 @@ Beam's local runner (FnApiRunner) runs a pipeline in the launcher's process (``i
 default) or in ``--direct_num_workers`` worker threads or processes (``--direct_running_mode``).
 Three things decide whether more workers pay off, and are settled here:
 
-- **Reading.** The local runner keeps every PCollection that crosses a shuffle in its own
-  memory. Spreading the lines of the input over workers through a Reshuffle would hold the whole
-  input there, so a local run reads each file as one lane per worker instead
-  (`pipelines.transforms.ReadLocNar`): memory stays flat in the input size, and the lanes, not a
-  shuffle, spread the lines. Distributed runners keep the Reshuffle (their shuffle is external).
+- **Reading and writing.** The local runner keeps every PCollection that crosses a shuffle in
+  its own memory. Spreading the lines of the input over workers through a Reshuffle would hold
+  the whole input there, so a local run reads each file as one lane per worker instead
+  (`pipelines.transforms.ReadLocNar`), and its writers group rows into files through the local
+  disk (`pipelines.spill`): memory stays flat in the input size, and the lanes, not a shuffle,
+  spread the lines. Distributed runners keep the Reshuffle and the GroupByKey (their shuffle is
+  external).
 - **Threads.** Each worker process gets ``cores // workers`` threads for torch, OpenMP, BLAS
   and Arrow (set in the environment the worker processes inherit, unless the user set them), and
   no tokenizer thread pool, so N processes never run N x cores threads on the cores.

@@ -1,13 +1,15 @@
 """Shard samples: each image's ALPs joined with their phrase embeddings, as WebDataset members.
 
-On distributed runners the join goes through CoGroupByKey on the phrase, not a side input, so it
-scales with the number of phrases: an embedding travels once per ALP that uses it. A local runner
-keeps every PCollection that crosses a shuffle in memory, and a float row per ALP there (1.5 KB
-for a 384-d embedding) would grow with the input; with ``embed_at_write`` the samples carry each
-ALP's phrase instead (`SampleWithoutEmbeddings`) and the shard writer makes embeddings.npy from
-the phrase table, a side input as large as the vocabulary. Members are serialised the same way
-either way (JSON with sorted keys, `pipelines.elements.embeddings_npy`), so a sample's bytes
-depend on its content alone.
+On distributed runners (`BuildSamples`) the join goes through CoGroupByKey on the phrase, not a
+side input, so it scales with the number of phrases: an embedding travels once per ALP that uses
+it. A local runner would keep every PCollection that crosses a shuffle in its memory; there
+(`spilled_samples`) the ALPs and narratives go to the shard writer's files through the local disk
+(`pipelines.spill`), each file's samples are built from them when it is written
+(`SamplesOfImages`), with each ALP's phrase in place of its embedding
+(`SampleWithoutEmbeddings`), and the shard writer makes embeddings.npy from the phrase table, a
+side input as large as the vocabulary. Members are serialised the same way either way (JSON with
+sorted keys, `pipelines.elements.embeddings_npy`), so a sample's bytes depend on its content
+alone.
 
 Naming convention in shapes: N = ALPs of one image, D = embedding width.
 """
@@ -32,6 +34,7 @@ from pipelines.elements import (
     embeddings_npy,
 )
 from pipelines.io import find_image
+from pipelines.writers import Spilled, stable_hash
 
 NARRATIVES = "narratives"
 
@@ -135,17 +138,13 @@ def build_sample_without_embeddings(
 
 
 class BuildSampleFn(beam.DoFn):
-    def __init__(self, dim: int, images_root: str | None, embed_at_write: bool = False) -> None:
+    def __init__(self, dim: int, images_root: str | None) -> None:
         self.dim = dim
         self.images_root = images_root
-        self.embed_at_write = embed_at_write
 
-    def process(
-        self, element: tuple[str, dict[str, Iterable[Any]]]
-    ) -> Iterator[Sample | SampleWithoutEmbeddings]:
+    def process(self, element: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[Sample]:
         key, joined = element
-        build = build_sample_without_embeddings if self.embed_at_write else build_sample
-        sample = build(key, joined["alps"], joined[NARRATIVES], self.dim, self.images_root)
+        sample = build_sample(key, joined["alps"], joined[NARRATIVES], self.dim, self.images_root)
         if sample is not None:
             yield sample
 
@@ -159,38 +158,85 @@ def _by_image(row: AlpRow) -> tuple[str, AlpRow]:
     return row.image_key, row
 
 
+def _image_key(row: AlpRow) -> str:
+    return row.image_key
+
+
 class BuildSamples(beam.PTransform):
     """(AlpRow, PhraseRow, (image key, Narrative)) -> Sample, one per image with an ALP; its
-    image file is looked up under ``images_root`` (the shard writer reads it).
+    image file is looked up under ``images_root`` (the shard writer reads it)."""
 
-    With ``embed_at_write`` (local runners) -> SampleWithoutEmbeddings instead, and the phrases
-    are not read here: give the shard writer `phrase_embeddings` of them.
-    """
-
-    def __init__(
-        self, dim: int, images_root: str | None = None, *, embed_at_write: bool = False
-    ) -> None:
+    def __init__(self, dim: int, images_root: str | None = None) -> None:
         super().__init__()
         self.dim = dim
         self.images_root = images_root
-        self.embed_at_write = embed_at_write
 
     def expand(self, inputs: tuple[pvalue.PCollection, ...]) -> pvalue.PCollection:
         alps, phrases, narratives = inputs
-        build = BuildSampleFn(self.dim, self.images_root, self.embed_at_write)
-        if self.embed_at_write:
-            by_image = alps | "AlpsByImage" >> beam.Map(_by_image)
-        else:
-            by_image = (
-                {
-                    "alps": alps | "ByPhrase" >> beam.Map(_by_phrase),
-                    "embedding": phrases | "EmbeddingByPhrase" >> beam.Map(_phrase_embedding),
-                }
-                | "JoinEmbeddings" >> beam.CoGroupByKey()
-                | "AttachEmbedding" >> beam.FlatMap(_attach_embedding)
-            )
+        by_image = (
+            {
+                "alps": alps | "ByPhrase" >> beam.Map(_by_phrase),
+                "embedding": phrases | "EmbeddingByPhrase" >> beam.Map(_phrase_embedding),
+            }
+            | "JoinEmbeddings" >> beam.CoGroupByKey()
+            | "AttachEmbedding" >> beam.FlatMap(_attach_embedding)
+        )
         return (
             {"alps": by_image, NARRATIVES: narratives}
             | "GroupByImage" >> beam.CoGroupByKey()
-            | "BuildSample" >> beam.ParDo(build)
+            | "BuildSample" >> beam.ParDo(BuildSampleFn(self.dim, self.images_root))
         )
+
+
+ImageItem = tuple[str, "AlpRow | Narrative"]  # (image key, one of its ALPs or narratives)
+
+
+def image_item_part(item: ImageItem) -> int:
+    """The hash that puts an image's ALPs and narratives in its sample's shard
+    (`pipelines.writers.sample_part`)."""
+    return stable_hash(sample_key(item[0]))
+
+
+class SamplesOfImages:
+    """Picklable: one shard's (image key, AlpRow | Narrative) items -> the
+    `SampleWithoutEmbeddings` of each of its images with an ALP (in no order: the writer sorts).
+    """
+
+    def __init__(self, dim: int, images_root: str | None = None) -> None:
+        self.dim = dim
+        self.images_root = images_root
+
+    def __call__(self, items: Iterable[ImageItem]) -> Iterator[SampleWithoutEmbeddings]:
+        alps: dict[str, list[AlpRow]] = {}
+        told: dict[str, list[Narrative]] = {}
+        for key, item in items:
+            (alps if isinstance(item, AlpRow) else told).setdefault(key, []).append(item)  # type: ignore[arg-type]
+        for key, rows in alps.items():
+            sample = build_sample_without_embeddings(
+                key, rows, told.get(key, ()), self.dim, self.images_root
+            )
+            if sample is not None:
+                yield sample
+
+
+def spilled_samples(
+    alps: pvalue.PCollection,
+    narratives: pvalue.PCollection,
+    folder: str,
+    dim: int,
+    images_root: str | None = None,
+) -> tuple[pvalue.PCollection, Spilled]:
+    """For a local run: the ALPs and narratives as one PCollection of image items, and how the
+    shard writer (`pipelines.writers.write_shards`) groups them into shards through ``folder``
+    and builds each image's sample; a shard per ``shard_size`` images with an ALP."""
+    items = (alps | "AlpsByImage" >> beam.Map(_by_image), narratives) | (
+        "ImageItems" >> beam.Flatten()
+    )
+    n_images = (
+        alps
+        | "ImageKeys" >> beam.Map(_image_key)
+        | "DistinctImages" >> beam.Distinct()
+        | "CountImages" >> beam.combiners.Count.Globally()
+    )
+    prepare = SamplesOfImages(dim, images_root)
+    return items, Spilled(folder, part_of=image_item_part, prepare=prepare, n_rows=n_images)

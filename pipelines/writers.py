@@ -8,7 +8,9 @@ to run. Here instead every row goes to file ``stable_hash(key) % n_files``, with
 derived from the row count (a side input); each file's rows are grouped, sorted, and written by
 one DoFn through FileSystems (gs:// works) under a temporary name, then renamed. Every file index
 gets an element, so a file is written even when the hash leaves it no row (an empty table), and
-the set of file names depends on the counts alone.
+the set of file names depends on the counts alone. On a runner that runs on this machine, the
+grouping goes through the local disk instead of the runner's memory (`Spilled`,
+`pipelines.spill`), with the same files as the result.
 """
 
 from __future__ import annotations
@@ -17,17 +19,20 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam import pvalue
 from webdataset import TarWriter
 
 from alp_dataset.schema import (
     ALP_SCHEMA,
+    ALP_SORT_KEY,
     ALPS_DIR,
     DEAD_LETTERS_DIR,
     MANIFEST_NAME,
@@ -39,11 +44,12 @@ from alp_dataset.schema import (
     shard_name,
 )
 from pipelines import manifest as m
-from pipelines import progress
+from pipelines import progress, spill
 from pipelines.elements import AlpRow, PhraseRow
 from pipelines.io import join, read_file, remove_temp_files, write_atomic, write_bytes_atomic
 
 ALP_ROW_GROUP_ROWS = 65_536
+TABLE_CHUNK_ROWS = 8_192  # rows turned into Arrow columns at a time (`table_sorted_by`)
 PHRASE_ROW_GROUP_ROWS = 8_192  # rows carry a (D,) embedding: ~16 MiB per group at D = 512
 PARQUET_OPTIONS: Mapping[str, Any] = {
     "compression": "zstd",
@@ -167,15 +173,44 @@ def phrase_table(rows: Sequence[PhraseRow], *, dim: int, encoder_id: str) -> pa.
     return pa.Table.from_arrays(columns, schema=schema)
 
 
+def table_sorted_by(
+    rows: Iterable[Any], to_table: Callable[[Sequence[Any]], pa.Table], columns: Sequence[str]
+) -> pa.Table:
+    """``to_table`` of the rows (None fillers skipped), sorted by ``columns`` in Arrow.
+
+    The rows become Arrow columns ``TABLE_CHUNK_ROWS`` at a time, so a file's rows are never all
+    held as Python objects (several times their Arrow size). Strings sort by their UTF-8 bytes,
+    which is the order of their code points, Python's order: with ``columns`` a unique key, the
+    rows come out as ``sorted(rows, key=<those fields>)`` would put them.
+    """
+    chunks, chunk = [], []
+    for row in rows:
+        if row is None:
+            continue
+        chunk.append(row)
+        if len(chunk) == TABLE_CHUNK_ROWS:
+            chunks.append(to_table(chunk))
+            chunk = []
+    if chunk or not chunks:
+        chunks.append(to_table(chunk))
+    table = pa.concat_tables(chunks)
+    order = pc.sort_indices(table, sort_keys=[(name, "ascending") for name in columns])
+    return table.take(order).combine_chunks()
+
+
 class WriteParquetPartFn(beam.DoFn):
-    """((index, n), rows) -> writes <subdir>/part-index-of-n.parquet; yields (kind, path, rows)."""
+    """((index, n), rows) -> writes <subdir>/part-index-of-n.parquet; yields (kind, path, rows).
+
+    Rows are sorted by ``sort_key`` (a function of a row), or, given a tuple of column names
+    forming a unique key, in Arrow by those columns (`table_sorted_by`: less memory).
+    """
 
     def __init__(
         self,
         out_dir: str,
         subdir: str,
         to_table: Callable[[Sequence[Any]], pa.Table],
-        sort_key: Callable[[Any], Any],
+        sort_key: Callable[[Any], Any] | tuple[str, ...],
         row_group_rows: int,
     ) -> None:
         self.out_dir = out_dir
@@ -188,7 +223,10 @@ class WriteParquetPartFn(beam.DoFn):
         (index, n), rows = element
         name = part_name(index, n, "parquet")
         with m.timed("write"):
-            table = self.to_table(_rows(rows, self.sort_key))
+            if isinstance(self.sort_key, tuple):
+                table = table_sorted_by(rows, self.to_table, self.sort_key)
+            else:
+                table = self.to_table(_rows(rows, self.sort_key))
 
             def write(f: Any) -> None:
                 pq.write_table(table, f, row_group_size=self.row_group_rows, **PARQUET_OPTIONS)
@@ -297,10 +335,31 @@ class WriteShardFn(beam.DoFn):
             yield m.stat(missing_stat, len(rows) - found)
 
 
+@dataclass(frozen=True)
+class Spilled:
+    """How `WriteParts` groups rows through the local disk (`pipelines.spill`), for runners on
+    this machine.
+
+    Attributes:
+        folder: the run's spill folder (`pipelines.spill.spill_folder`).
+        part_of: the hash of the rows given, when they are not what the writer takes (the
+            default: the writer's own ``part_of``).
+        prepare: the part's rows -> what the writer takes (`pipelines.spill.WriteSpilledPartFn`).
+        n_rows: a PCollection of one count that sets the number of files, when it is not the
+            number of rows given (samples: the images, of rows that are ALPs and narratives).
+    """
+
+    folder: str
+    part_of: Callable[[Any], int] | None = None
+    prepare: Callable[[Iterable[Any]], Iterable[Any]] | None = None
+    n_rows: pvalue.PCollection | None = None
+
+
 class WriteParts(beam.PTransform):
     """rows -> files written by ``write_fn`` -> {"files": (kind, path, rows), "stats"}.
 
-    ``side_inputs`` are passed to ``write_fn.process`` after each part."""
+    ``side_inputs`` are passed to ``write_fn.process`` after each part. With ``spilled`` the
+    rows are grouped through the local disk (`Spilled`), else by `GroupIntoParts`."""
 
     def __init__(
         self,
@@ -308,24 +367,38 @@ class WriteParts(beam.PTransform):
         part_of: Callable[[Any], int],
         write_fn: beam.DoFn,
         side_inputs: Sequence[Any] = (),
+        spilled: Spilled | None = None,
     ):
         super().__init__()
-        self.group = GroupIntoParts(rows_per_part, part_of)
+        if rows_per_part < 1:
+            raise ValueError(f"rows_per_part = {rows_per_part}, expected >= 1")
+        self.rows_per_part = rows_per_part
+        self.part_of = part_of
         self.write_fn = write_fn
         self.side_inputs = tuple(side_inputs)
+        self.spilled = spilled
 
     def expand(self, rows: pvalue.PCollection) -> pvalue.DoOutputsTuple:
-        write = beam.ParDo(self.write_fn, *self.side_inputs)
-        return (
-            rows
-            | "GroupIntoFiles" >> self.group
-            | "WriteFiles" >> write.with_outputs(m.STATS, main="files")
-        )
+        if self.spilled is None:
+            write = beam.ParDo(self.write_fn, *self.side_inputs)
+            parts = rows | "GroupIntoFiles" >> GroupIntoParts(self.rows_per_part, self.part_of)
+        else:
+            write = beam.ParDo(
+                spill.WriteSpilledPartFn(self.write_fn, self.spilled.prepare), *self.side_inputs
+            )
+            spilled = self.spilled
+            group = spill.GroupThroughDisk(
+                spilled.folder, self.rows_per_part, spilled.part_of or self.part_of, spilled.n_rows
+            )
+            parts = rows | "GroupIntoFiles" >> group
+        return parts | "WriteFiles" >> write.with_outputs(m.STATS, main="files")
 
 
-def write_alp_table(out_dir: str, rows_per_file: int) -> WriteParts:
-    fn = WriteParquetPartFn(out_dir, ALPS_DIR, alp_table, AlpRow.sort_key, ALP_ROW_GROUP_ROWS)
-    return WriteParts(rows_per_file, alp_part, fn)
+def write_alp_table(
+    out_dir: str, rows_per_file: int, *, spilled: Spilled | None = None
+) -> WriteParts:
+    fn = WriteParquetPartFn(out_dir, ALPS_DIR, alp_table, ALP_SORT_KEY, ALP_ROW_GROUP_ROWS)
+    return WriteParts(rows_per_file, alp_part, fn, spilled=spilled)
 
 
 def _phrase_order(row: PhraseRow) -> str:
@@ -343,14 +416,19 @@ class _PhraseTable:
         return phrase_table(rows, dim=self.dim, encoder_id=self.encoder_id)
 
 
-def write_phrase_table(out_dir: str, rows_per_file: int, dim: int, encoder_id: str) -> WriteParts:
+def write_phrase_table(
+    out_dir: str, rows_per_file: int, dim: int, encoder_id: str, *, spilled: Spilled | None = None
+) -> WriteParts:
     to_table = _PhraseTable(dim, encoder_id)
     fn = WriteParquetPartFn(out_dir, PHRASES_DIR, to_table, _phrase_order, PHRASE_ROW_GROUP_ROWS)
-    return WriteParts(rows_per_file, phrase_part, fn)
+    return WriteParts(rows_per_file, phrase_part, fn, spilled=spilled)
 
 
-def write_dead_letters(out_dir: str, rows_per_file: int) -> WriteParts:
-    return WriteParts(rows_per_file, dead_letter_part, WriteDeadLetterPartFn(out_dir))
+def write_dead_letters(
+    out_dir: str, rows_per_file: int, *, spilled: Spilled | None = None
+) -> WriteParts:
+    fn = WriteDeadLetterPartFn(out_dir)
+    return WriteParts(rows_per_file, dead_letter_part, fn, spilled=spilled)
 
 
 def write_shards(
@@ -361,11 +439,13 @@ def write_shards(
     image_stats: tuple[str, str] | None = None,
     embeddings: pvalue.AsDict | None = None,
     progress_folder: str | None = None,
+    spilled: Spilled | None = None,
 ) -> WriteParts:
     """Samples -> shards/shard-NNNNNN.tar (`WriteShardFn`), about ``shard_size`` samples each;
     with ``embeddings`` (`pipelines.samples.phrase_embeddings`) for SampleWithoutEmbeddings."""
     fn = WriteShardFn(out_dir, samples_stat, image_stats, progress_folder)
-    return WriteParts(shard_size, sample_part, fn, () if embeddings is None else (embeddings,))
+    side = () if embeddings is None else (embeddings,)
+    return WriteParts(shard_size, sample_part, fn, side, spilled=spilled)
 
 
 def build_alp_manifest(

@@ -88,11 +88,13 @@ def test_naming_a_direct_flag_turns_the_automatic_choice_off() -> None:
 
 
 def _step_names(plan: LocalPlan) -> set[str]:
-    """The labels of every step of the curation pipeline built for ``plan`` (not run)."""
+    """The labels of every step of the curation pipeline built for ``plan`` (not run), with a
+    spill folder when the plan is local, as `extract_alps.run` gives it."""
     args = build_parser().parse_args(["--input", "in.jsonl", "--output", "out"])
     about = {"encoder": {"id": "test:encoder", "dim": 4}, "options": {}}
     p = beam.Pipeline(options=PipelineOptions([]))
-    build_pipeline(p, args, ["in.jsonl"], about, EncoderConfig("minilm"), plan)
+    spill = "/tmp/spill" if plan.local else None
+    build_pipeline(p, args, ["in.jsonl"], about, EncoderConfig("minilm"), plan, None, spill)
     proto = p.to_runner_api()
     return {t.unique_name for t in proto.components.transforms.values()}
 
@@ -103,3 +105,9 @@ def test_distributed_runners_keep_the_reshuffle_and_the_join_local_ones_do_not()
     assert "ReadLocNar/SpreadLines" in distributed and "ReadLocNar/SpreadLines" not in local
     assert "BuildSamples/JoinEmbeddings" in distributed
     assert "BuildSamples/JoinEmbeddings" not in local and "EmbeddingOfPhrase" in local
+    # Local writers group through the disk; no row reaches a GroupByKey of the runner's.
+    for writer in ("WriteAlpTable", "WritePhraseTable", "WriteShards", "WriteDeadLetters"):
+        assert f"{writer}/GroupIntoFiles/CountRows" in distributed
+        assert f"{writer}/GroupIntoFiles/Spill" in local
+        assert not any(name.startswith(f"{writer}/GroupIntoFiles/GroupByKey") for name in local)
+    assert "BuildSamples/GroupByImage" in distributed and "DistinctImages" in local

@@ -1,5 +1,6 @@
-"""Shard samples made with embeddings joined per ALP (distributed runners) or looked up where the
-shards are written (local runners): the same bytes either way."""
+"""Shard samples made with embeddings joined per ALP (distributed runners) or built where the
+shards are written, from ALPs and narratives grouped through the disk (local runners): the same
+bytes either way."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from pipelines.samples import (
     build_sample,
     build_sample_without_embeddings,
     phrase_embeddings,
+    spilled_samples,
 )
 from pipelines.writers import write_shards
 
@@ -53,23 +55,29 @@ def test_a_sample_without_embeddings_completes_to_the_same_bytes() -> None:
 def test_shards_are_the_same_bytes_with_embeddings_joined_or_made_at_write(
     tmp_path: Path,
 ) -> None:
+    # Image i5 has a narrative and no ALP (no sample); i0 has two narratives.
     alps = [alp_row(f"i{k % 5}", k // 5, p) for k, p in enumerate(["dog", "red car"] * 6)]
     embeddings = {
         p: np.full(4, i + 0.5, dtype=np.float32) for i, p in enumerate(["dog", "red car"])
     }
     phrases = [PhraseRow(phrase_id(p), p, 1, e) for p, e in embeddings.items()]
     narratives = [(f"ds/i{k}", Narrative(7, f"caption {k}", "in.jsonl", k + 1)) for k in range(6)]
-    for mode, at_write in (("joined", False), ("at-write", True)):
+    narratives.append(("ds/i0", Narrative(3, "another caption", "in.jsonl", 40)))
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    for mode in ("joined", "at-write"):
         with beam_pipeline() as p:
             alp_rows = p | "Alps" >> beam.Create(alps)
             phrase_rows = p | "Phrases" >> beam.Create(phrases)
-            samples = (
-                alp_rows,
-                phrase_rows,
-                p | "Narratives" >> beam.Create(narratives),
-            ) | BuildSamples(dim=4, embed_at_write=at_write)
-            side = phrase_embeddings(phrase_rows) if at_write else None
-            _ = samples | write_shards(str(tmp_path / mode), 2, embeddings=side)
+            told = p | "Narratives" >> beam.Create(narratives)
+            if mode == "joined":
+                samples = (alp_rows, phrase_rows, told) | BuildSamples(dim=4)
+                _ = samples | write_shards(str(tmp_path / mode), 2)
+            else:
+                items, spilled = spilled_samples(alp_rows, told, str(spill), 4)
+                side = phrase_embeddings(phrase_rows)
+                _ = items | write_shards(str(tmp_path / mode), 2, embeddings=side, spilled=spilled)
     joined = tree_bytes(tmp_path / "joined")
     assert joined == tree_bytes(tmp_path / "at-write")
     assert len(joined) == 3  # 5 images with an ALP, 2 per shard
+    assert list(spill.iterdir()) == []  # spill and part files are removed once used
