@@ -88,6 +88,7 @@ from pipelines.options import (
     class_list,
     positive_int,
 )
+from pipelines.spill import spill_folder
 from pipelines.writers import WriteManifest
 
 PROG = "beam run pipelines/build_coco_shards.py"
@@ -502,8 +503,12 @@ def build_pipeline(
     selection: ClassSelection,
     about: Mapping[str, Any],
     progress_folder: str | None = None,
+    spill_folder: str | None = None,
 ) -> None:
+    """Add the conversion's stages to ``p``; ``spill_folder``: for a local run, where the
+    writers group their rows into files through the disk (`pipelines.spill`)."""
     out = args.output
+    spilled = None if spill_folder is None else writers.Spilled(spill_folder)
     read = p | "ReadInstances" >> ReadInstances(
         args.instances, categories, selection, progress_folder
     )
@@ -516,11 +521,15 @@ def build_pipeline(
         args.images, args.keep_empty_images, progress_folder
     )
     shards = built.samples | "WriteShards" >> writers.write_shards(
-        out, args.shard_size, samples_stat=SAMPLES, progress_folder=progress_folder
+        out,
+        args.shard_size,
+        samples_stat=SAMPLES,
+        progress_folder=progress_folder,
+        spilled=spilled,
     )
     dead = (read["dead"], built["dead"]) | "AllDeadLetters" >> beam.Flatten()
     dead_files = dead | "WriteDeadLetters" >> writers.write_dead_letters(
-        out, args.dead_letter_rows_per_file
+        out, args.dead_letter_rows_per_file, spilled=spilled
     )
     files = (shards.files, dead_files.files) | "AllFiles" >> beam.Flatten()
     stats = (
@@ -632,12 +641,15 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> i
         "inputs": [{"path": matched[0].path, "size_bytes": size}],
         "classes": selection.to_json(),
     }
-    show = args.runner in LOCAL_RUNNERS and not args.quiet
-    with launcher.progress_lines(
-        "build_coco_shards", progress_stages(n_images), show=show
-    ) as folder:
+    local = args.runner in LOCAL_RUNNERS
+    with (
+        spill_folder(local) as spill,
+        launcher.progress_lines(
+            "build_coco_shards", progress_stages(n_images), show=local and not args.quiet
+        ) as folder,
+    ):
         finished = launcher.execute(
-            lambda p: build_pipeline(p, args, categories, selection, about, folder),
+            lambda p: build_pipeline(p, args, categories, selection, about, folder, spill),
             options,
             args,
             save_main_session=save_main_session,

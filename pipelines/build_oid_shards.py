@@ -52,6 +52,7 @@ from alp_dataset.schema import ALPS_DIR, DEAD_LETTERS_DIR, PHRASES_DIR, SHARDS_D
 from pipelines import launcher, writers
 from pipelines import manifest as m
 from pipelines.io import OutputExists, StreamDamaged, prepare_output, read_head
+from pipelines.local_workers import LOCAL_RUNNERS
 from pipelines.mask_files import MaskStore
 from pipelines.oid import OidFormatError, OidSelection, read_header, select_oid_classes
 from pipelines.oid_stages import DEAD, FILES, BuildSampleFn, ReadCsv, read_text
@@ -62,6 +63,7 @@ from pipelines.options import (
     alp_version,
     positive_int,
 )
+from pipelines.spill import spill_folder
 from pipelines.writers import WriteManifest
 
 PROG = "beam run pipelines/build_oid_shards.py"
@@ -239,8 +241,12 @@ def build_pipeline(
     selection: OidSelection,
     store: MaskStore,
     about: Mapping[str, Any],
+    spill_folder: str | None = None,
 ) -> None:
+    """Add the conversion's stages to ``p``; ``spill_folder``: for a local run, where the
+    writers group their rows into files through the disk (`pipelines.spill`)."""
     out = args.output
+    spilled = None if spill_folder is None else writers.Spilled(spill_folder)
     reads = {}
     for kind, (flag, _, _) in FILES.items():
         path = getattr(args, flag)
@@ -261,13 +267,14 @@ def build_pipeline(
         | "BuildSamples" >> beam.ParDo(fn).with_outputs("dead", m.STATS, main="samples")
     )
     shards = built.samples | "WriteShards" >> writers.write_shards(
-        out, args.shard_size, samples_stat="oid.images.samples"
+        out, args.shard_size, samples_stat="oid.images.samples", spilled=spilled
     )
     dead = [r["dead"] for r in reads.values()] + [built["dead"]]
     dead_files = (
         dead
         | "AllDeadLetters" >> beam.Flatten()
-        | "WriteDeadLetters" >> (writers.write_dead_letters(out, args.dead_letter_rows_per_file))
+        | "WriteDeadLetters"
+        >> writers.write_dead_letters(out, args.dead_letter_rows_per_file, spilled=spilled)
     )
     files = (shards.files, dead_files.files) | "AllFiles" >> beam.Flatten()
     stats = [r[m.STATS] for r in reads.values()]
@@ -389,12 +396,13 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> i
             )
         ],
     }
-    finished = launcher.execute(
-        lambda p: build_pipeline(p, args, selection, store, about),
-        options,
-        args,
-        save_main_session=save_main_session,
-    )
+    with spill_folder(args.runner in LOCAL_RUNNERS) as spill:
+        finished = launcher.execute(
+            lambda p: build_pipeline(p, args, selection, store, about, spill),
+            options,
+            args,
+            save_main_session=save_main_session,
+        )
     if finished is None:
         return launcher.EXIT_FAILED
     manifest = finished.manifest
