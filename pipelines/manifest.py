@@ -59,6 +59,11 @@ def timed(stage: str) -> Iterator[None]:
         Metrics.counter(METRICS_NAMESPACE, STAGE_TIME + stage).inc(elapsed_us)
 
 
+def add_seconds(stage: str, seconds: float) -> None:
+    """Add ``seconds`` to the stage's counter (for time summed over many short steps)."""
+    Metrics.counter(METRICS_NAMESPACE, STAGE_TIME + stage).inc(int(seconds * 1e6))
+
+
 def stage_seconds(metrics: MetricResults) -> dict[str, float]:
     """Seconds per stage from a finished pipeline's metrics (committed ones where available)."""
     found: dict[str, float] = {}

@@ -33,6 +33,7 @@ import pickle
 import shutil
 import struct
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, BinaryIO
@@ -95,19 +96,21 @@ class SpillFn(beam.DoFn):
         self._file: BinaryIO | None = None
         self._path = ""
         self._rows = 0
+        self._seconds = 0.0  # spent spilling in this bundle, counted once at its end
 
     def start_bundle(self) -> None:
-        self._file, self._path, self._rows = None, "", 0
+        self._file, self._path, self._rows, self._seconds = None, "", 0, 0.0
 
     def process(self, row: Any) -> Iterator[Any]:
-        with m.timed("write"):
-            if self._file is None:
-                self._path = os.path.join(self.folder, f"spill-{uuid.uuid4().hex}")
-                self._file = open(self._path, "wb", buffering=FILE_BUFFER_BYTES)
-            data = pickle.dumps(row, protocol=pickle.HIGHEST_PROTOCOL)
-            self._file.write(SPILL_HEADER.pack(self.part_of(row) & (2**64 - 1), len(data)))
-            self._file.write(data)
-            self._rows += 1
+        start = time.perf_counter()
+        if self._file is None:
+            self._path = os.path.join(self.folder, f"spill-{uuid.uuid4().hex}")
+            self._file = open(self._path, "wb", buffering=FILE_BUFFER_BYTES)
+        data = pickle.dumps(row, protocol=pickle.HIGHEST_PROTOCOL)
+        self._file.write(SPILL_HEADER.pack(self.part_of(row) & (2**64 - 1), len(data)))
+        self._file.write(data)
+        self._rows += 1
+        self._seconds += time.perf_counter() - start
         return iter(())
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
@@ -115,6 +118,7 @@ class SpillFn(beam.DoFn):
             return
         self._file.close()
         self._file = None
+        m.add_seconds("write", self._seconds)
         yield _global((self._path, self._rows))
 
 
