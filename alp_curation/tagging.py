@@ -18,6 +18,10 @@ that loads a tagger, for a pipeline that uses none of them. ``en_core_web_trf`` 
 plugin it needs (spacy-transformers) by name; any other name or path loads with discovery on, as
 spaCy does by default. The pipeline is the same either way (tests compare every token).
 
+The attribute_ruler of the known models matches its rules through
+`alp_curation.attribute_rules` instead of spaCy's Matcher: the same matches, so the same POS,
+morphology and lemmas (tests compare every token), in about a tenth of the time.
+
 The tagger's output is plain data (``Token`` records), so the phrase rules in
 ``alp_curation.phrases`` never import spaCy and tests can build tokens by hand.
 
@@ -35,6 +39,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from alp_curation.attribute_rules import speed_up_attribute_ruler
 from alp_curation.caption_text import NormalisedCaption, normalise_caption
 
 if TYPE_CHECKING:
@@ -122,7 +127,10 @@ def _factory_discovery(enabled: bool) -> Iterator[None]:
 
 
 def load_spacy(
-    model: str = DEFAULT_MODEL, *, discover_plugins: bool | None = None
+    model: str = DEFAULT_MODEL,
+    *,
+    discover_plugins: bool | None = None,
+    compiled_rules: bool = True,
 ) -> spacy.Language:
     """Load a spaCy pipeline for tagging, without the components the tagger does not need.
 
@@ -133,6 +141,9 @@ def load_spacy(
 
     ``discover_plugins``: None (the default) turns spaCy's plugin discovery off for the known
     models (module docstring) and leaves it on for any other; True or False forces it.
+    ``compiled_rules``: the known models' attribute_ruler matches through
+    `alp_curation.attribute_rules` (the same matches, several times faster) rather than spaCy's
+    Matcher.
     """
     import spacy
 
@@ -148,7 +159,10 @@ def load_spacy(
             for plugin in _PLUGINS[model]:
                 _import_plugin(model, plugin)
         with _factory_discovery(discover):
-            return spacy.load(package, exclude=list(EXCLUDED_COMPONENTS))
+            nlp = spacy.load(package, exclude=list(EXCLUDED_COMPONENTS))
+        if compiled_rules:
+            speed_up_attribute_ruler(nlp)
+        return nlp
     try:
         with _factory_discovery(True if discover_plugins is None else discover_plugins):
             return spacy.load(model, exclude=list(EXCLUDED_COMPONENTS))
