@@ -92,9 +92,10 @@ Local workers: on a local runner (FnApiRunner, the default) with neither --direc
 nor --direct_running_mode given, the run picks the faster setting for this machine: one worker
 process per core (multi_processing) when the machine has at least {AUTO_PROCESSES_MIN_CORES}
 cores and the input holds at least {AUTO_PROCESSES_MIN_BYTES // 2**20} MiB, else one worker in
-this process: on 2 cores two worker processes measured slower than one (docs/benchmarks.md), and
-a worker process takes seconds to start, which a small input does not pay back. Each worker
-process gets cores / workers threads. The output bytes do not depend on the setting.
+this process: a worker process takes seconds to start, which a smaller input does not pay back
+(on 2 cores, two processes measured 0.95x one at 30 MiB of narratives, 1.35x at 60 MiB and 1.66x
+at 150 MiB; docs/benchmarks.md). Each worker process gets cores / workers threads. The output
+bytes do not depend on the setting.
 
 Beam options: every Apache Beam pipeline option is accepted as well, including those of the
 runner in use (e.g. --dask_* with DaskRunner), for example

@@ -21,8 +21,9 @@ When the command line names neither ``--direct_num_workers`` nor ``--direct_runn
 `choose_local_workers` picks for the machine: one worker process per core when there are at
 least ``AUTO_PROCESSES_MIN_CORES`` cores and the input is large enough to pay back the processes'
 start-up (``AUTO_PROCESSES_MIN_BYTES``), else Beam's in-process worker. On the 2-core benchmark
-machine two processes were slower than one (0.82x at 8,000 narratives, docs/benchmarks.md), so
-2 cores stay in-process; the 4-core threshold has not been measured.
+machine, warm cache (docs/benchmarks.md), two processes against one were 0.68x at 2,000
+narratives (15 MiB of input), 0.95x at 4,000 (30 MiB), 1.35x at 8,000 (60 MiB) and 1.66x at
+20,000 (150 MiB): the threshold sits between the last size that lost and the first that won.
 """
 
 from __future__ import annotations
@@ -53,9 +54,9 @@ LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "Pris
 DIRECT_FLAGS = ("--direct_num_workers", "--direct_running_mode")
 # Inputs below this many bytes run in the launcher's process: worker processes cost a few
 # seconds each to start (docs/benchmarks.md), more than they save on a small input.
-AUTO_PROCESSES_MIN_BYTES = 16 * 2**20
-# Fewer cores run in-process: on 2 cores, two worker processes measured slower than one.
-AUTO_PROCESSES_MIN_CORES = 4
+AUTO_PROCESSES_MIN_BYTES = 48 * 2**20
+# A single core has nothing to share out.
+AUTO_PROCESSES_MIN_CORES = 2
 # Thread-pool sizes a worker process reads from its environment when its libraries start.
 THREAD_VARIABLES = (
     "OMP_NUM_THREADS",  # torch's OpenMP pool, and Arrow's CPU pool

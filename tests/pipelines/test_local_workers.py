@@ -71,9 +71,12 @@ def test_the_automatic_choice_takes_every_core_only_for_a_large_input() -> None:
     options = PipelineOptions([])
     assert choose_local_workers("FnApiRunner", options, large, cores=4) == 4
     assert local_plan("FnApiRunner", options, cores=4) == LocalPlan(True, 4, 4, False, 1)
+    two_cores = PipelineOptions([])
+    assert choose_local_workers("FnApiRunner", two_cores, large, cores=2) == 2
+    assert local_plan("FnApiRunner", two_cores, cores=2) == LocalPlan(True, 2, 2, False, 1)
     for runner, size, cores in (
         ("FnApiRunner", large - 1, 8),  # small input: start-up would not pay back
-        ("FnApiRunner", large, 2),  # two cores: two processes measured slower than one
+        ("FnApiRunner", large, 1),  # one core: nothing to share
         ("DataflowRunner", large, 8),  # not a local runner
     ):
         untouched = PipelineOptions([])
