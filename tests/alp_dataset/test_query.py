@@ -131,7 +131,7 @@ def test_phrase_frequencies(tiny_run: Path) -> None:
         ("dog", 2, 2),  # images d/1 and e/1: same image_id, two datasets
         ("square", 1, 1),
     ]
-    # Grouped on the phrase string: each row's id is the id of that phrase.
+    # Grouped on phrase_id: each row's phrase is the phrase of that id.
     for phrase, pid in frequencies.select("phrase", "phrase_id").rows():
         assert pid == phrase_id(phrase), phrase
 
