@@ -22,6 +22,7 @@ import socket
 import threading
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -266,13 +267,21 @@ class MiniLMEncoder:
     """
 
     def __init__(
-        self, *, device: str = "cpu", batch_size: int = 64, num_threads: int | None = None
+        self,
+        *,
+        device: str = "cpu",
+        batch_size: int = 64,
+        num_threads: int | None = None,
+        sort_by_length: bool = True,
     ) -> None:
         self.id: str = MINILM_ID
         self.dim: int = MINILM_DIM
         self.device = device
         self.batch_size = batch_size
         self.num_threads = num_threads
+        # False batches the texts in input order (the benchmarks' reference); the floats are the
+        # same within rounding either way.
+        self.sort_by_length = sort_by_length
         self._model: Any = None
         self.model_dir()  # fail at construction when the package is missing
 
@@ -323,8 +332,7 @@ class MiniLMEncoder:
         )
         ids: list[list[int]] = encoded["input_ids"]
         type_ids: list[list[int]] | None = encoded.get("token_type_ids")
-        lengths = np.fromiter((len(row) for row in ids), dtype=np.int64, count=len(ids))  # (N,)
-        order = np.argsort(-lengths, kind="stable")  # longest first, ties in input order
+        order = batch_order(ids) if self.sort_by_length else np.arange(len(ids))
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         with torch.inference_mode():
             for start in range(0, len(texts), self.batch_size):
@@ -348,6 +356,23 @@ class MiniLMEncoder:
         if self.num_threads is not None:
             torch.set_num_threads(self.num_threads)
         self._model = SentenceTransformer(str(self.model_dir()), device=self.device)
+
+
+def batch_order(ids: Sequence[Sequence[int]]) -> np.ndarray:
+    """Token id rows -> (N,) the order ``MiniLMEncoder.encode`` batches them in: longest first,
+    ties in input order."""
+    lengths = np.fromiter((len(row) for row in ids), dtype=np.int64, count=len(ids))  # (N,)
+    return np.argsort(-lengths, kind="stable")
+
+
+def padded_tokens(ids: Sequence[Sequence[int]], order: Sequence[int], batch_size: int) -> int:
+    """Token positions the model computes when the rows go in ``order``, ``batch_size`` at a time,
+    each batch padded to its longest row: real tokens plus padding."""
+    total = 0
+    for start in range(0, len(order), batch_size):
+        widths = [len(ids[i]) for i in order[start : start + batch_size]]
+        total += max(widths) * len(widths)
+    return total
 
 
 def _padded_features(

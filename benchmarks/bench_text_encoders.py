@@ -9,10 +9,14 @@ each batch cut to its longest real sequence (the default) and at open_clip's ful
 context. Without --clip-checkpoint CLIP has random weights (speed does not depend on the values;
 the table says so). Texts reach ``encode`` 1,024 at a time, as ``ensemble_embeddings`` sends them;
 --batch-size is the encoders' own batch. Model loading and one warm-up batch are left out of the
-timings; each encoder runs --repeats times and the best run counts. MiniLM runs twice too:
-sentence-transformers' own ``encode`` (batches sorted by characters) and ``MiniLMEncoder.encode``
-(tokenised once, batches sorted by token length). Prints one table, then the largest difference
-between the two ways of each encoder, and the speed-up of each over the other.
+timings; each encoder runs --repeats times, the ways of one encoder taking turns within each
+repeat, and the best run counts (the closing lines also give the median of the repeats' own
+ratios, which a noisy machine moves less). MiniLM runs three ways:
+``MiniLMEncoder.encode`` (tokenised once, batches sorted by token length), sentence-transformers'
+own ``encode`` (batches sorted by characters) and ``MiniLMEncoder.encode`` with batches in input
+order. For each MiniLM way the table gives the token positions the model computes (real tokens
+plus each batch's padding), which bounds what the order can gain. Prints one table, then the
+largest difference between the ways of each encoder, and the speed-up of the first over each.
 """
 
 from __future__ import annotations
@@ -25,7 +29,13 @@ import numpy as np
 import torch
 
 from alp_curation import flags
-from alp_curation.encoders import MiniLMEncoder, OpenClipEncoder, TextEncoder
+from alp_curation.encoders import (
+    MiniLMEncoder,
+    OpenClipEncoder,
+    TextEncoder,
+    batch_order,
+    padded_tokens,
+)
 from alp_curation.prompts import fill_templates
 
 # Noun phrases of the kind curation extracts from Localized Narratives captions.
@@ -96,19 +106,47 @@ class SentenceTransformersEncode:
         return np.asarray(emb, dtype=np.float32)
 
 
-def time_encoder(
-    encoder: TextEncoder, texts: Sequence[str], repeats: int
-) -> tuple[float, np.ndarray]:
-    """Best wall time of ``repeats`` runs over ``texts`` (as timeit reports), and the embeddings."""
-    encoder.encode(list(texts[: min(8, len(texts))]))  # loads the model, warms the kernels
-    best = float("inf")
+def minilm_positions(encoder: MiniLMEncoder, texts: Sequence[str], way: str) -> int:
+    """Token positions MiniLM computes over ``texts`` sent CALL_SIZE at a time, when each call's
+    batches are made in the ``way``'s order: "tokens", "chars" (sentence-transformers' order:
+    longest text in characters first) or "input"."""
+    encoder.encode(list(texts[:1]))  # loads the model
+    tokenizer = encoder._model.tokenizer
+    max_length = encoder._model.max_seq_length
+    total = 0
+    for start in range(0, len(texts), CALL_SIZE):
+        call = list(texts[start : start + CALL_SIZE])
+        ids = tokenizer(call, truncation="longest_first", max_length=max_length)["input_ids"]
+        if way == "tokens":
+            order = batch_order(ids)
+        elif way == "chars":
+            order = np.argsort([-len(text) for text in call])
+        else:
+            order = np.arange(len(call))
+        total += padded_tokens(ids, order, encoder.batch_size)
+    return total
+
+
+def time_ways(
+    encoders: Sequence[TextEncoder], texts: Sequence[str], repeats: int
+) -> tuple[list[list[float]], list[np.ndarray]]:
+    """Wall seconds of each encoder over ``texts``, one list per encoder with one entry per repeat,
+    and each encoder's embeddings. The encoders take turns within every repeat, so a slow spell
+    of the machine falls on all of them alike rather than on whichever ran then."""
+    for encoder in encoders:
+        encoder.encode(list(texts[: min(8, len(texts))]))  # loads the model, warms the kernels
+    seconds: list[list[float]] = [[] for _ in encoders]
+    outputs: list[np.ndarray] = [np.zeros(0, dtype=np.float32) for _ in encoders]
     for _ in range(repeats):
-        start = time.perf_counter()
-        parts = [
-            encoder.encode(list(texts[i : i + CALL_SIZE])) for i in range(0, len(texts), CALL_SIZE)
-        ]
-        best = min(best, time.perf_counter() - start)
-    return best, np.concatenate(parts)
+        for k, encoder in enumerate(encoders):
+            start = time.perf_counter()
+            parts = [
+                encoder.encode(list(texts[i : i + CALL_SIZE]))
+                for i in range(0, len(texts), CALL_SIZE)
+            ]
+            seconds[k].append(time.perf_counter() - start)
+            outputs[k] = np.concatenate(parts)
+    return seconds, outputs
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -149,46 +187,73 @@ def main(argv: Sequence[str] | None = None) -> None:
     texts = make_texts(args.n_texts)
     weights = "checkpoint" if args.clip_checkpoint else "random weights"
     rows: list[tuple[str, str, int, float]] = []
-    # (encoder, the faster way, the slower way) -> their embeddings, for the closing lines.
+    runs: dict[tuple[str, str], list[float]] = {}  # (encoder, way) -> seconds of each repeat
+    positions: dict[tuple[str, str], int] = {}  # (encoder, way) -> token positions computed
+    # (encoder, the way shipped, another way) -> their embeddings, for the closing lines.
     pairs: list[tuple[str, str, str]] = []
     outputs: dict[tuple[str, str], np.ndarray] = {}
     clip_name = f"open_clip {args.clip_model} ({weights})"
     if "clip" in wanted:
-        for mode, cut in (("cut to longest", True), ("full 77 tokens", False)):
-            clip = OpenClipEncoder(
+        clip_modes = (("cut to longest", True), ("full 77 tokens", False))
+        clips = [
+            OpenClipEncoder(
                 args.clip_model,
                 args.clip_checkpoint,
                 cut_to_longest=cut,
                 batch_size=args.batch_size,
             )
-            seconds, outputs[clip_name, mode] = time_encoder(clip, texts, args.repeats)
-            rows.append((clip_name, mode, len(texts), seconds))
+            for _, cut in clip_modes
+        ]
+        seconds, embeddings = time_ways(clips, texts, args.repeats)
+        for (mode, _), times, emb in zip(clip_modes, seconds, embeddings, strict=True):
+            runs[clip_name, mode], outputs[clip_name, mode] = times, emb
+            rows.append((clip_name, mode, len(texts), min(times)))
         pairs.append((clip_name, "cut to longest", "full 77 tokens"))
     minilm_name = "all-MiniLM-L6-v2 (pretrained)"
     if "minilm" in wanted:
         minilm = MiniLMEncoder(batch_size=args.batch_size)
-        ways: list[tuple[str, TextEncoder]] = [
-            ("sorted by tokens", minilm),
-            ("s-t encode (chars)", SentenceTransformersEncode(minilm)),
+        in_input_order = MiniLMEncoder(batch_size=args.batch_size, sort_by_length=False)
+        ways: list[tuple[str, str, TextEncoder]] = [
+            ("sorted by tokens", "tokens", minilm),
+            ("s-t encode (chars)", "chars", SentenceTransformersEncode(minilm)),
+            ("input order", "input", in_input_order),
         ]
-        for mode, encoder in ways:
-            seconds, outputs[minilm_name, mode] = time_encoder(encoder, texts, args.repeats)
-            rows.append((minilm_name, mode, len(texts), seconds))
+        seconds, embeddings = time_ways([way[2] for way in ways], texts, args.repeats)
+        for (mode, order, _), times, emb in zip(ways, seconds, embeddings, strict=True):
+            runs[minilm_name, mode], outputs[minilm_name, mode] = times, emb
+            rows.append((minilm_name, mode, len(texts), min(times)))
+            positions[minilm_name, mode] = minilm_positions(minilm, texts, order)
         pairs.append((minilm_name, "sorted by tokens", "s-t encode (chars)"))
+        pairs.append((minilm_name, "sorted by tokens", "input order"))
 
     print(
         f"text encoders on CPU: {torch.get_num_threads()} torch threads, batch {args.batch_size}, "
-        f"best of {args.repeats} runs"
+        f"best of {args.repeats} runs, the ways taking turns in each"
     )
-    print(f"{'encoder':<38} {'mode':<22} {'texts':>6} {'seconds':>8} {'texts/s':>8}")
+    print(
+        f"{'encoder':<38} {'mode':<22} {'texts':>6} {'seconds':>8} {'texts/s':>8} "
+        f"{'positions':>10}"
+    )
     for name, mode, n, seconds in rows:
-        print(f"{name:<38} {mode:<22} {n:>6} {seconds:>8.2f} {n / seconds:>8.1f}")
-    seconds_of = {(name, mode): seconds for name, mode, _, seconds in rows}
+        computed = positions.get((name, mode))
+        shown = "-" if computed is None else f"{computed:,}"
+        print(f"{name:<38} {mode:<22} {n:>6} {seconds:>8.2f} {n / seconds:>8.1f} {shown:>10}")
     print()
+    for (name, mode), times in runs.items():
+        print(f"{name}, {mode}: seconds of each run " + " ".join(f"{t:.2f}" for t in times))
     for name, fast, slow in pairs:
         diff = np.abs(outputs[name, fast] - outputs[name, slow]).max()
-        ratio = seconds_of[name, slow] / seconds_of[name, fast]
-        print(f"{name}: {fast} is {ratio:.2f}x {slow}; largest |difference| {diff:.2e}")
+        best = min(runs[name, slow]) / min(runs[name, fast])
+        # Each repeat's own ratio: the two ways ran back to back in it.
+        paired = float(np.median(np.divide(runs[name, slow], runs[name, fast])))
+        line = (
+            f"{name}: {fast} is {best:.2f}x {slow} (best runs; median of the repeats' ratios "
+            f"{paired:.2f}x); largest |difference| {diff:.2e}"
+        )
+        if (name, fast) in positions:
+            bound = positions[name, slow] / positions[name, fast]
+            line += f"; {slow} computes {bound:.2f}x the token positions"
+        print(line)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,9 @@ from alp_curation.encoders import (
     MiniLMEncoder,
     OpenClipEncoder,
     TextEncoder,
+    batch_order,
     load_text_encoder,
+    padded_tokens,
 )
 from alp_curation.prompts import ensemble_embeddings
 
@@ -305,6 +307,31 @@ def test_minilm_batches_by_token_length_and_restores_order(
     assert widths == [ranked[i] for i in range(0, len(ranked), 8)]
     one_by_one = np.stack([minilm.encode([text])[0] for text in texts[:6]])  # (6, 384)
     np.testing.assert_allclose(batched[:6], one_by_one, atol=1e-5)
+
+
+@pytest.mark.parametrize("sort_by_length", [True, False])
+def test_minilm_padded_tokens_counts_what_the_model_computes(
+    minilm: MiniLMEncoder, monkeypatch: pytest.MonkeyPatch, sort_by_length: bool
+) -> None:
+    texts = _mixed_length_texts()
+    sorted_way = minilm.encode(texts)  # (N, 384), batched by token length
+    model = minilm._model
+    ids = model.tokenizer(texts, truncation=True)["input_ids"]
+    seen: list[int] = []  # positions per batch
+
+    def record(_module: torch.nn.Module, args: tuple[dict[str, torch.Tensor]]) -> None:
+        seen.append(args[0]["attention_mask"].numel())
+
+    monkeypatch.setattr(minilm, "batch_size", 8)
+    monkeypatch.setattr(minilm, "sort_by_length", sort_by_length)
+    handle = model.register_forward_pre_hook(record)
+    try:
+        embeddings = minilm.encode(texts)
+    finally:
+        handle.remove()
+    order = batch_order(ids) if sort_by_length else list(range(len(texts)))
+    assert sum(seen) == padded_tokens(ids, order, 8)
+    np.testing.assert_allclose(embeddings, sorted_way, atol=1e-5)  # the order changes no float
 
 
 def test_minilm_encode_is_deterministic_to_the_byte(minilm: MiniLMEncoder) -> None:
