@@ -317,21 +317,9 @@ class MiniLMEncoder:
         """
         if len(texts) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        if self._model is None:
-            self._load()
+        ids, type_ids = self.token_ids(texts)
         model = self._model
         tokenizer = model.tokenizer
-        # As sentence-transformers' Transformer.preprocess: longest-first truncation at the
-        # model's max_seq_length, special tokens added; no padding yet.
-        encoded = tokenizer(
-            list(texts),
-            truncation="longest_first",
-            max_length=model.max_seq_length,
-            padding=False,
-            return_attention_mask=False,
-        )
-        ids: list[list[int]] = encoded["input_ids"]
-        type_ids: list[list[int]] | None = encoded.get("token_type_ids")
         order = batch_order(ids) if self.sort_by_length else np.arange(len(ids))
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         with torch.inference_mode():
@@ -347,6 +335,22 @@ class MiniLMEncoder:
                 emb = model(features)["sentence_embedding"]  # (B, D)
                 out[rows] = emb.float().cpu().numpy()
         return out
+
+    def token_ids(self, texts: Sequence[str]) -> tuple[list[list[int]], list[list[int]] | None]:
+        """Each text's token ids, and its token type ids where the tokenizer gives them, unpadded:
+        what ``encode`` batches (loads the model on first use)."""
+        if self._model is None:
+            self._load()
+        # As sentence-transformers' Transformer.preprocess: longest-first truncation at the
+        # model's max_seq_length, special tokens added; no padding yet.
+        encoded = self._model.tokenizer(
+            list(texts),
+            truncation="longest_first",
+            max_length=self._model.max_seq_length,
+            padding=False,
+            return_attention_mask=False,
+        )
+        return encoded["input_ids"], encoded.get("token_type_ids")
 
     def _load(self) -> None:
         # The model folder is local; offline mode keeps the hub client from asking about it.

@@ -317,6 +317,7 @@ def test_minilm_padded_tokens_counts_what_the_model_computes(
     sorted_way = minilm.encode(texts)  # (N, 384), batched by token length
     model = minilm._model
     ids = model.tokenizer(texts, truncation=True)["input_ids"]
+    assert minilm.token_ids(texts)[0] == ids
     seen: list[int] = []  # positions per batch
 
     def record(_module: torch.nn.Module, args: tuple[dict[str, torch.Tensor]]) -> None:
@@ -331,7 +332,7 @@ def test_minilm_padded_tokens_counts_what_the_model_computes(
         handle.remove()
     order = batch_order(ids) if sort_by_length else list(range(len(texts)))
     assert sum(seen) == padded_tokens(ids, order, 8)
-    np.testing.assert_allclose(embeddings, sorted_way, atol=1e-5)  # the order changes no float
+    np.testing.assert_allclose(embeddings, sorted_way, atol=1e-5)  # the same floats within 1e-5
 
 
 def test_minilm_encode_is_deterministic_to_the_byte(minilm: MiniLMEncoder) -> None:
